@@ -1,0 +1,69 @@
+"""HostService and HostRegistryService servicers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from ferry_proto.region.v1 import host_service_pb2 as pb
+from ferry_proto.region.v1 import host_service_pb2_grpc
+from ferry_proto.region.v1 import registry_service_pb2 as rpb
+from ferry_proto.region.v1 import registry_service_pb2_grpc
+
+from ..domain.hosts import HostRegistry, Registration, StorageReport
+from . import convert
+
+
+class HostServicer(host_service_pb2_grpc.HostServiceServicer):
+    def __init__(self, hosts: HostRegistry, *, poll: float = 30.0) -> None:
+        self.hosts = hosts
+        self.poll = poll
+
+    async def ListHosts(self, request: pb.ListHostsRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ListHostsResponse:
+        views = await self.hosts.list_hosts(request.hypervisor, request.search)
+        return pb.ListHostsResponse(hosts=[convert.host(v) for v in views])
+
+    async def GetHost(self, request: pb.GetHostRequest,
+                      context: grpc.aio.ServicerContext) -> pb.GetHostResponse:
+        return pb.GetHostResponse(host=convert.host(await self.hosts.get(request.id)))
+
+    async def WatchHosts(self, request: pb.WatchHostsRequest,
+                         context: grpc.aio.ServicerContext
+                         ) -> AsyncIterator[pb.WatchHostsResponse]:
+        # Subscribe before the snapshot so no change between the two is lost.
+        async with self.hosts.events.subscribe() as sub:
+            views = await self.hosts.list_hosts()
+            yield pb.WatchHostsResponse(hosts=[convert.host(v) for v in views], snapshot=True)
+            while True:
+                changed = await sub.next(timeout=self.poll)
+                if not changed:
+                    continue
+                views, removed = await self.hosts.views(changed)
+                yield pb.WatchHostsResponse(hosts=[convert.host(v) for v in views],
+                                            removed_host_ids=removed)
+
+
+class HostRegistryServicer(registry_service_pb2_grpc.HostRegistryServiceServicer):
+    def __init__(self, hosts: HostRegistry) -> None:
+        self.hosts = hosts
+
+    async def RegisterHost(self, request: rpb.RegisterHostRequest,
+                           context: grpc.aio.ServicerContext) -> rpb.RegisterHostResponse:
+        reg = Registration(
+            host_id=request.host_id, name=request.name, access_address=request.access_address,
+            cpu_model=request.cpu_model, cpu_microcode=request.cpu_microcode,
+            kernel_version=request.kernel_version, accelerator=request.accelerator,
+            cpu_count=request.cpu_count, mem_size_mb=request.mem_size_mb,
+            storages=[StorageReport(s.storage_id, s.name, s.kind, s.path, s.capacity_mb,
+                                    s.free_mb) for s in request.storages],
+            wire=request.wire, networks=list(request.networks),
+            guest_ids=[g.server_id for g in request.guests],
+            agent_version=request.agent_version)
+        view, placed = await self.hosts.register(reg)
+        return rpb.RegisterHostResponse(
+            host=convert.host(view),
+            assignments=[rpb.ServerAssignment(server_id=sid, placed_here=here)
+                         for sid, here in placed.items()],
+            refresh_interval_seconds=self.hosts.refresh_interval)

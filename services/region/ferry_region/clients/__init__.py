@@ -1,0 +1,1 @@
+"""Clients of the region's peers: host agents and the scheduler."""

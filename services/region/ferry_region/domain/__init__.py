@@ -1,0 +1,1 @@
+"""Domain logic of the region: servers, hosts, images and task queries."""

@@ -1,0 +1,1 @@
+"""Image files: upload validation (qemu-img) and the on-disk store."""
