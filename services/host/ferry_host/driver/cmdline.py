@@ -7,6 +7,9 @@ spec and must get exactly the same device model as the source.
 from __future__ import annotations
 
 import json
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,17 @@ class GuestPaths:
 
     @property
     def qmp_socket(self) -> Path:
-        return self.root / "qmp.sock"
+        """`<root>/qmp.sock`, or a short stand-in when that path is too long.
+
+        A unix socket path is limited to 107 bytes, and state folders can be
+        deep (tests, long host ids). The stand-in name is a hash of the guest
+        folder, so an agent restarted on the same state folder finds it again.
+        """
+        own = self.root / "qmp.sock"
+        if len(str(own).encode()) <= UNIX_PATH_MAX:
+            return own
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:24]
+        return short_socket_dir() / f"{digest}.sock"
 
     @property
     def pidfile(self) -> Path:
@@ -37,6 +50,24 @@ class GuestPaths:
     @property
     def log(self) -> Path:
         return self.root / "qemu.log"
+
+
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
+
+
+def short_socket_dir() -> Path:
+    """A short folder for QMP sockets whose natural path is too long."""
+    for base in (os.environ.get("FERRY_RUN_DIR"), "/run/ferry", f"{tempfile.gettempdir()}/ferry-run"):
+        if not base:
+            continue
+        folder = Path(base) / "qmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    raise OSError("no writable folder for QMP sockets (set FERRY_RUN_DIR)")
 
 
 def opt_escape(value: str | Path) -> str:
