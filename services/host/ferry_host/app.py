@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from ferry_common.server import ServiceServer
-from ferry_proto.host.v1 import agent_pb2, agent_pb2_grpc
+from ferry_proto.host.v1 import agent_pb2, agent_pb2_grpc, migration_pb2, migration_pb2_grpc
 
 from . import convert, facts
 from .config import AgentConfig
@@ -26,12 +26,14 @@ from .guests import Guests
 from .imagecache import ImageCache
 from .lease import HealthLease, health_value
 from .registration import Registrar
+from .migration_servicer import MigrationAgentServicer
 from .servicer import HostAgentServicer
 from .storage import Storage, StorageKind, Storages
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["HostAgentService"].full_name
+MIGRATION_SERVICE_NAME = migration_pb2.DESCRIPTOR.services_by_name["MigrationAgentService"].full_name
 
 
 @dataclass
@@ -97,12 +99,14 @@ async def start_agent(config: AgentConfig) -> Agent:
                     accelerator=accelerator, networks=config.networks,
                     default_region=config.region)
     server = ServiceServer("ferry-host", config.listen, tls=config.tls,
-                           service_names=[SERVICE_NAME])
+                           service_names=[SERVICE_NAME, MIGRATION_SERVICE_NAME])
     agent = Agent(config, accelerator, storages, driver, guests, server)
     try:
         agent.adopted = await guests.load()
         server.add(agent_pb2_grpc.add_HostAgentServiceServicer_to_server,
                    HostAgentServicer(guests, agent.facts))
+        server.add(migration_pb2_grpc.add_MigrationAgentServiceServicer_to_server,
+                   MigrationAgentServicer(agent))
         port = await server.start()
     except BaseException:
         await driver.detach_all()

@@ -18,6 +18,8 @@ from ferry_proto.region.v1 import (
     host_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
+    migration_service_pb2,
+    migration_service_pb2_grpc,
     registry_service_pb2,
     registry_service_pb2_grpc,
     server_service_pb2,
@@ -28,6 +30,7 @@ from ferry_proto.region.v1 import (
 
 from .api.host_service import HostRegistryServicer, HostServicer
 from .api.image_service import ImageServicer
+from .api.migration_service import MigrationParts, MigrationServicer
 from .api.server_service import ServerServicer
 from .api.task_service import TaskServicer
 from .clients.host_agent import AgentClients
@@ -51,6 +54,7 @@ SERVICE_NAMES = [
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
     registry_service_pb2.DESCRIPTOR.services_by_name["HostRegistryService"].full_name,
+    migration_service_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
 ]
 
 
@@ -129,6 +133,8 @@ async def start_region(config: RegionConfig) -> Region:
                HostRegistryServicer(hosts))
     server.add(image_service_pb2_grpc.add_ImageServiceServicer_to_server, ImageServicer(images))
     server.add(task_service_pb2_grpc.add_TaskServiceServicer_to_server, TaskServicer(tasks))
+    server.add(migration_service_pb2_grpc.add_MigrationServiceServicer_to_server,
+               MigrationServicer(MigrationParts(servers=servers, engine=engine, deps=deps)))
 
     async def stop_watcher() -> None:
         if watcher is not None:

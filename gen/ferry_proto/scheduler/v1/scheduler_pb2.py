@@ -25,39 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ferry/scheduler/v1/scheduler.proto\x12\x12\x66\x65rry.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x0f\x44iskRequirement\x12\x0f\n\x07size_mb\x18\x01 \x01(\x03\x12\x0e\n\x06shared\x18\x02 \x01(\x08\x12\x12\n\nstorage_id\x18\x03 \x01(\t\"\x94\x01\n\x12ServerRequirements\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x12\n\nvcpu_count\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x32\n\x05\x64isks\x18\x04 \x03(\x0b\x32#.ferry.scheduler.v1.DiskRequirement\x12\x10\n\x08networks\x18\x05 \x03(\t\"\xd2\x01\n\x11SelectHostRequest\x12<\n\x0crequirements\x18\x01 \x01(\x0b\x32&.ferry.scheduler.v1.ServerRequirements\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.ferry.scheduler.v1.PlacementKind\x12\x13\n\x0bprefer_host\x18\x03 \x01(\t\x12\x18\n\x10\x65xclude_host_ids\x18\x04 \x03(\t\x12\x1f\n\x17reservation_ttl_seconds\x18\x05 \x01(\x05\"<\n\tRejection\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"e\n\x0cRejectedHost\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x11\n\thost_name\x18\x02 \x01(\t\x12\x31\n\nrejections\x18\x03 \x03(\x0b\x32\x1d.ferry.scheduler.v1.Rejection\"S\n\tCandidate\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x11\n\thost_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x13\n\x0bstorage_ids\x18\x04 \x03(\t\"Z\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe2\x01\n\x12SelectHostResponse\x12/\n\x08selected\x18\x01 \x01(\x0b\x32\x1d.ferry.scheduler.v1.Candidate\x12\x31\n\ncandidates\x18\x02 \x03(\x0b\x32\x1d.ferry.scheduler.v1.Candidate\x12\x32\n\x08rejected\x18\x03 \x03(\x0b\x32 .ferry.scheduler.v1.RejectedHost\x12\x34\n\x0breservation\x18\x04 \x01(\x0b\x32\x1f.ferry.scheduler.v1.Reservation\"\'\n\x19\x43onfirmReservationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x1a\x43onfirmReservationResponse\"\'\n\x19ReleaseReservationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x1aReleaseReservationResponse*\xa2\x01\n\rPlacementKind\x12\x1e\n\x1aPLACEMENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PLACEMENT_KIND_CREATE\x10\x01\x12\x1a\n\x16PLACEMENT_KIND_MIGRATE\x10\x02\x12\x1f\n\x1bPLACEMENT_KIND_LIVE_MIGRATE\x10\x03\x12\x19\n\x15PLACEMENT_KIND_RESCUE\x10\x04\x32\xd9\x02\n\x10SchedulerService\x12[\n\nSelectHost\x12%.ferry.scheduler.v1.SelectHostRequest\x1a&.ferry.scheduler.v1.SelectHostResponse\x12s\n\x12\x43onfirmReservation\x12-.ferry.scheduler.v1.ConfirmReservationRequest\x1a..ferry.scheduler.v1.ConfirmReservationResponse\x12s\n\x12ReleaseReservation\x12-.ferry.scheduler.v1.ReleaseReservationRequest\x1a..ferry.scheduler.v1.ReleaseReservationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ferry/scheduler/v1/scheduler.proto\x12\x12\x66\x65rry.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x0f\x44iskRequirement\x12\x0f\n\x07size_mb\x18\x01 \x01(\x03\x12\x0e\n\x06shared\x18\x02 \x01(\x08\x12\x12\n\nstorage_id\x18\x03 \x01(\t\"\x94\x01\n\x12ServerRequirements\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x12\n\nvcpu_count\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x32\n\x05\x64isks\x18\x04 \x03(\x0b\x32#.ferry.scheduler.v1.DiskRequirement\x12\x10\n\x08networks\x18\x05 \x03(\t\"\x9d\x02\n\x11SelectHostRequest\x12<\n\x0crequirements\x18\x01 \x01(\x0b\x32&.ferry.scheduler.v1.ServerRequirements\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.ferry.scheduler.v1.PlacementKind\x12\x13\n\x0bprefer_host\x18\x03 \x01(\t\x12\x18\n\x10\x65xclude_host_ids\x18\x04 \x03(\t\x12\x1f\n\x17reservation_ttl_seconds\x18\x05 \x01(\x05\x12\x16\n\x0esource_host_id\x18\x06 \x01(\t\x12\x16\n\x0eskip_cpu_check\x18\x07 \x01(\x08\x12\x19\n\x11skip_kernel_check\x18\x08 \x01(\x08\"<\n\tRejection\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"e\n\x0cRejectedHost\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x11\n\thost_name\x18\x02 \x01(\t\x12\x31\n\nrejections\x18\x03 \x03(\x0b\x32\x1d.ferry.scheduler.v1.Rejection\"S\n\tCandidate\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x11\n\thost_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x13\n\x0bstorage_ids\x18\x04 \x03(\t\"Z\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe2\x01\n\x12SelectHostResponse\x12/\n\x08selected\x18\x01 \x01(\x0b\x32\x1d.ferry.scheduler.v1.Candidate\x12\x31\n\ncandidates\x18\x02 \x03(\x0b\x32\x1d.ferry.scheduler.v1.Candidate\x12\x32\n\x08rejected\x18\x03 \x03(\x0b\x32 .ferry.scheduler.v1.RejectedHost\x12\x34\n\x0breservation\x18\x04 \x01(\x0b\x32\x1f.ferry.scheduler.v1.Reservation\"\'\n\x19\x43onfirmReservationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x1a\x43onfirmReservationResponse\"\'\n\x19ReleaseReservationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x1aReleaseReservationResponse\"\xfa\x01\n\x0f\x46orecastRequest\x12<\n\x0crequirements\x18\x01 \x01(\x0b\x32&.ferry.scheduler.v1.ServerRequirements\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.ferry.scheduler.v1.PlacementKind\x12\x13\n\x0bprefer_host\x18\x03 \x01(\t\x12\x18\n\x10\x65xclude_host_ids\x18\x04 \x03(\t\x12\x16\n\x0esource_host_id\x18\x05 \x01(\t\x12\x16\n\x0eskip_cpu_check\x18\x06 \x01(\x08\x12\x19\n\x11skip_kernel_check\x18\x07 \x01(\x08\"\x9b\x01\n\x10\x46orecastResponse\x12\x11\n\tcan_place\x18\x01 \x01(\x08\x12\x31\n\ncandidates\x18\x02 \x03(\x0b\x32\x1d.ferry.scheduler.v1.Candidate\x12\x32\n\x08rejected\x18\x03 \x03(\x0b\x32 .ferry.scheduler.v1.RejectedHost\x12\r\n\x05stale\x18\x04 \x01(\x08*\xa2\x01\n\rPlacementKind\x12\x1e\n\x1aPLACEMENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PLACEMENT_KIND_CREATE\x10\x01\x12\x1a\n\x16PLACEMENT_KIND_MIGRATE\x10\x02\x12\x1f\n\x1bPLACEMENT_KIND_LIVE_MIGRATE\x10\x03\x12\x19\n\x15PLACEMENT_KIND_RESCUE\x10\x04\x32\xb0\x03\n\x10SchedulerService\x12[\n\nSelectHost\x12%.ferry.scheduler.v1.SelectHostRequest\x1a&.ferry.scheduler.v1.SelectHostResponse\x12s\n\x12\x43onfirmReservation\x12-.ferry.scheduler.v1.ConfirmReservationRequest\x1a..ferry.scheduler.v1.ConfirmReservationResponse\x12s\n\x12ReleaseReservation\x12-.ferry.scheduler.v1.ReleaseReservationRequest\x1a..ferry.scheduler.v1.ReleaseReservationResponse\x12U\n\x08\x46orecast\x12#.ferry.scheduler.v1.ForecastRequest\x1a$.ferry.scheduler.v1.ForecastResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.scheduler.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLACEMENTKIND']._serialized_start=1241
-  _globals['_PLACEMENTKIND']._serialized_end=1403
+  _globals['_PLACEMENTKIND']._serialized_start=1727
+  _globals['_PLACEMENTKIND']._serialized_end=1889
   _globals['_DISKREQUIREMENT']._serialized_start=91
   _globals['_DISKREQUIREMENT']._serialized_end=161
   _globals['_SERVERREQUIREMENTS']._serialized_start=164
   _globals['_SERVERREQUIREMENTS']._serialized_end=312
   _globals['_SELECTHOSTREQUEST']._serialized_start=315
-  _globals['_SELECTHOSTREQUEST']._serialized_end=525
-  _globals['_REJECTION']._serialized_start=527
-  _globals['_REJECTION']._serialized_end=587
-  _globals['_REJECTEDHOST']._serialized_start=589
-  _globals['_REJECTEDHOST']._serialized_end=690
-  _globals['_CANDIDATE']._serialized_start=692
-  _globals['_CANDIDATE']._serialized_end=775
-  _globals['_RESERVATION']._serialized_start=777
-  _globals['_RESERVATION']._serialized_end=867
-  _globals['_SELECTHOSTRESPONSE']._serialized_start=870
-  _globals['_SELECTHOSTRESPONSE']._serialized_end=1096
-  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_start=1098
-  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_end=1137
-  _globals['_CONFIRMRESERVATIONRESPONSE']._serialized_start=1139
-  _globals['_CONFIRMRESERVATIONRESPONSE']._serialized_end=1167
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1169
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1208
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1210
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1238
-  _globals['_SCHEDULERSERVICE']._serialized_start=1406
-  _globals['_SCHEDULERSERVICE']._serialized_end=1751
+  _globals['_SELECTHOSTREQUEST']._serialized_end=600
+  _globals['_REJECTION']._serialized_start=602
+  _globals['_REJECTION']._serialized_end=662
+  _globals['_REJECTEDHOST']._serialized_start=664
+  _globals['_REJECTEDHOST']._serialized_end=765
+  _globals['_CANDIDATE']._serialized_start=767
+  _globals['_CANDIDATE']._serialized_end=850
+  _globals['_RESERVATION']._serialized_start=852
+  _globals['_RESERVATION']._serialized_end=942
+  _globals['_SELECTHOSTRESPONSE']._serialized_start=945
+  _globals['_SELECTHOSTRESPONSE']._serialized_end=1171
+  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_start=1173
+  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_end=1212
+  _globals['_CONFIRMRESERVATIONRESPONSE']._serialized_start=1214
+  _globals['_CONFIRMRESERVATIONRESPONSE']._serialized_end=1242
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1244
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1283
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1285
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1313
+  _globals['_FORECASTREQUEST']._serialized_start=1316
+  _globals['_FORECASTREQUEST']._serialized_end=1566
+  _globals['_FORECASTRESPONSE']._serialized_start=1569
+  _globals['_FORECASTRESPONSE']._serialized_end=1724
+  _globals['_SCHEDULERSERVICE']._serialized_start=1892
+  _globals['_SCHEDULERSERVICE']._serialized_end=2324
 # @@protoc_insertion_point(module_scope)

@@ -135,12 +135,21 @@ class SelectHostRequest(_message.Message):
     PREFER_HOST_FIELD_NUMBER: _builtins.int
     EXCLUDE_HOST_IDS_FIELD_NUMBER: _builtins.int
     RESERVATION_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    SOURCE_HOST_ID_FIELD_NUMBER: _builtins.int
+    SKIP_CPU_CHECK_FIELD_NUMBER: _builtins.int
+    SKIP_KERNEL_CHECK_FIELD_NUMBER: _builtins.int
     kind: Global___PlacementKind.ValueType
     """Why."""
     prefer_host: _builtins.str
     """Host id or name to restrict the candidates to; every filter still applies."""
     reservation_ttl_seconds: _builtins.int
     """Seconds the reservation lives unless confirmed; 0 means 60."""
+    source_host_id: _builtins.str
+    """Host the server runs on now (migrations): never chosen, and the CPU/kernel reference."""
+    skip_cpu_check: _builtins.bool
+    """Live migration: accept a different CPU model or microcode."""
+    skip_kernel_check: _builtins.bool
+    """Live migration: accept a different kernel version."""
     @_builtins.property
     def requirements(self) -> Global___ServerRequirements:
         """What to place."""
@@ -157,10 +166,13 @@ class SelectHostRequest(_message.Message):
         prefer_host: _builtins.str = ...,
         exclude_host_ids: _abc.Iterable[_builtins.str] | None = ...,
         reservation_ttl_seconds: _builtins.int = ...,
+        source_host_id: _builtins.str = ...,
+        skip_cpu_check: _builtins.bool = ...,
+        skip_kernel_check: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["requirements", b"requirements"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_host_ids", b"exclude_host_ids", "kind", b"kind", "prefer_host", b"prefer_host", "requirements", b"requirements", "reservation_ttl_seconds", b"reservation_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_host_ids", b"exclude_host_ids", "kind", b"kind", "prefer_host", b"prefer_host", "requirements", b"requirements", "reservation_ttl_seconds", b"reservation_ttl_seconds", "skip_cpu_check", b"skip_cpu_check", "skip_kernel_check", b"skip_kernel_check", "source_host_id", b"source_host_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -415,3 +427,91 @@ class ReleaseReservationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseReservationResponse: _TypeAlias = ReleaseReservationResponse  # noqa: Y015
+
+@_typing.final
+class ForecastRequest(_message.Message):
+    """ForecastRequest asks what SelectHost would answer, without reserving."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PREFER_HOST_FIELD_NUMBER: _builtins.int
+    EXCLUDE_HOST_IDS_FIELD_NUMBER: _builtins.int
+    SOURCE_HOST_ID_FIELD_NUMBER: _builtins.int
+    SKIP_CPU_CHECK_FIELD_NUMBER: _builtins.int
+    SKIP_KERNEL_CHECK_FIELD_NUMBER: _builtins.int
+    kind: Global___PlacementKind.ValueType
+    """Why."""
+    prefer_host: _builtins.str
+    """Host id or name to restrict the candidates to."""
+    source_host_id: _builtins.str
+    """Host the server runs on now (migrations)."""
+    skip_cpu_check: _builtins.bool
+    """Live migration: accept a different CPU model or microcode."""
+    skip_kernel_check: _builtins.bool
+    """Live migration: accept a different kernel version."""
+    @_builtins.property
+    def requirements(self) -> Global___ServerRequirements:
+        """What to place."""
+
+    @_builtins.property
+    def exclude_host_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hosts never to choose."""
+
+    def __init__(
+        self,
+        *,
+        requirements: Global___ServerRequirements | None = ...,
+        kind: Global___PlacementKind.ValueType = ...,
+        prefer_host: _builtins.str = ...,
+        exclude_host_ids: _abc.Iterable[_builtins.str] | None = ...,
+        source_host_id: _builtins.str = ...,
+        skip_cpu_check: _builtins.bool = ...,
+        skip_kernel_check: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requirements", b"requirements"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_host_ids", b"exclude_host_ids", "kind", b"kind", "prefer_host", b"prefer_host", "requirements", b"requirements", "skip_cpu_check", b"skip_cpu_check", "skip_kernel_check", b"skip_kernel_check", "source_host_id", b"source_host_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastRequest: _TypeAlias = ForecastRequest  # noqa: Y015
+
+@_typing.final
+class ForecastResponse(_message.Message):
+    """ForecastResponse lists every host with its verdict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAN_PLACE_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    can_place: _builtins.bool
+    """True when at least one host fits."""
+    stale: _builtins.bool
+    """True when the scheduler's view of the hosts may be out of date."""
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
+        """Every candidate, best first."""
+
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedHost]:
+        """Every rejected host with its reasons (never truncated, unlike error details)."""
+
+    def __init__(
+        self,
+        *,
+        can_place: _builtins.bool = ...,
+        candidates: _abc.Iterable[Global___Candidate] | None = ...,
+        rejected: _abc.Iterable[Global___RejectedHost] | None = ...,
+        stale: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_place", b"can_place", "candidates", b"candidates", "rejected", b"rejected", "stale", b"stale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastResponse: _TypeAlias = ForecastResponse  # noqa: Y015

@@ -52,6 +52,11 @@ class SchedulerServiceStub:
                 request_serializer=ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseReservationRequest.SerializeToString,
                 response_deserializer=ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseReservationResponse.FromString,
                 _registered_method=True)
+        self.Forecast = channel.unary_unary(
+                '/ferry.scheduler.v1.SchedulerService/Forecast',
+                request_serializer=ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ForecastRequest.SerializeToString,
+                response_deserializer=ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ForecastResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -82,6 +87,13 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forecast(self, request, context):
+        """Runs the filters and scoring without reserving: every candidate and every rejected host with reasons.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +111,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ReleaseReservation,
                     request_deserializer=ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseReservationRequest.FromString,
                     response_serializer=ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseReservationResponse.SerializeToString,
+            ),
+            'Forecast': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forecast,
+                    request_deserializer=ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ForecastRequest.FromString,
+                    response_serializer=ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ForecastResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +202,33 @@ class SchedulerService:
             '/ferry.scheduler.v1.SchedulerService/ReleaseReservation',
             ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseReservationRequest.SerializeToString,
             ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forecast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.scheduler.v1.SchedulerService/Forecast',
+            ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ForecastRequest.SerializeToString,
+            ferry_dot_scheduler_dot_v1_dot_scheduler__pb2.ForecastResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,8 @@ class SchedulerServiceStub:
     """
     ReleaseReservation: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReleaseReservationRequest, _scheduler_pb2.ReleaseReservationResponse]
     """Gives a reservation's resources back."""
+    Forecast: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ForecastRequest, _scheduler_pb2.ForecastResponse]
+    """Runs the filters and scoring without reserving: every candidate and every rejected host with reasons."""
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -61,6 +63,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """
     ReleaseReservation: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReleaseReservationRequest, _scheduler_pb2.ReleaseReservationResponse]  # type: ignore[assignment]
     """Gives a reservation's resources back."""
+    Forecast: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ForecastRequest, _scheduler_pb2.ForecastResponse]  # type: ignore[assignment]
+    """Runs the filters and scoring without reserving: every candidate and every rejected host with reasons."""
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """SchedulerService chooses hosts. It keeps its own view of the hosts, fed by
@@ -93,5 +97,13 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ReleaseReservationResponse, _abc.Awaitable[_scheduler_pb2.ReleaseReservationResponse]]:
         """Gives a reservation's resources back."""
+
+    @_abc_1.abstractmethod
+    def Forecast(
+        self,
+        request: _scheduler_pb2.ForecastRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ForecastResponse, _abc.Awaitable[_scheduler_pb2.ForecastResponse]]:
+        """Runs the filters and scoring without reserving: every candidate and every rejected host with reasons."""
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

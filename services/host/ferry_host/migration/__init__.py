@@ -1,0 +1,1 @@
+"""Host side of migrations: live (QMP drive-mirror + memory) and cold (disk copy)."""

@@ -1,0 +1,1 @@
+"""Region side of migrations: placement, the migration tasks, progress."""
