@@ -28,12 +28,14 @@ from ferry_proto.region.v1 import (
     image_service_pb2_grpc,
     resources_pb2,
     server_service_pb2_grpc,
+    migration_service_pb2_grpc,
     task_service_pb2_grpc,
 )
 
 from .errors import ClientError, Unimplemented, Unavailable, TaskFailed, WaitTimeout, translate
 from .hosts import HostsAPI
 from .images import ImagesAPI
+from .migrations import MigrationsAPI
 from .servers import ServersAPI
 from .tasks import TERMINAL_STATES, TasksAPI
 
@@ -93,7 +95,9 @@ class FerryClient:
         self.host_stub = host_service_pb2_grpc.HostServiceStub(self.channel)
         self.image_stub = image_service_pb2_grpc.ImageServiceStub(self.channel)
         self.task_stub = task_service_pb2_grpc.TaskServiceStub(self.channel)
+        self.migration_stub = migration_service_pb2_grpc.MigrationServiceStub(self.channel)
         self.servers = ServersAPI(self)
+        self.migrations = MigrationsAPI(self)
         self.hosts = HostsAPI(self)
         self.images = ImagesAPI(self)
         self.tasks = TasksAPI(self)

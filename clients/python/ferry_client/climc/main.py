@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from ..errors import ClientError, RegionUnreachable, describe
-from . import hosts, images, serial, servers, tasks
+from . import forecast, hosts, images, live_migrate, migrate, serial, servers, tasks
 from .context import Context
 from .parser import ClimcParser, Registry, add_global_options, add_help_flag
 from .waiting import WaitInterrupted
 
 # Each module registers its commands; later groups (migrations, host settings) join this list.
-COMMAND_MODULES = (images, servers, serial, hosts, tasks)
+COMMAND_MODULES = (images, servers, serial, hosts, tasks, migrate, live_migrate, forecast)
 
 DESCRIPTION = "Ferry command-line client: manage and migrate KVM virtual machines."
 EPILOG = 'Run "climc <SUBCOMMAND> --help" or "climc help <SUBCOMMAND>" for the arguments of a command.'
