@@ -124,6 +124,12 @@ class HostRegistry:
         validate_registration(r)
         health = self.health(r.host_id) or HostHealth.ONLINE
         view, assignments = await self.db.write(self._register_tx, r, health)
+        # The etcd watcher may have seen the health key change while the row
+        # was being written (its UPDATE then matched no row): apply it now.
+        now = self.health(r.host_id)
+        if now is not None and now != health:
+            await self.set_health(r.host_id, now)
+            view = await self.get(r.host_id)
         self.events.publish(r.host_id)
         return view, assignments
 
