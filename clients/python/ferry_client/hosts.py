@@ -25,6 +25,17 @@ class HostsAPI:
     def get(self, id: str, *, timeout: Any = _UNSET) -> resources_pb2.Host:
         return self._c.call(self._c.host_stub.GetHost, pb.GetHostRequest(id=id), timeout).host
 
+    def set_auto_migrate(self, id: str, *, on_host_down: bool | None = None,
+                         on_host_shutdown: bool | None = None,
+                         timeout: Any = _UNSET) -> resources_pb2.Host:
+        """Enable/disable automatic migration on host down / shutdown (None leaves a flag)."""
+        req = pb.SetHostAutoMigrateRequest(id=id)
+        if on_host_down is not None:
+            req.auto_migrate_on_host_down = on_host_down
+        if on_host_shutdown is not None:
+            req.auto_migrate_on_host_shutdown = on_host_shutdown
+        return self._c.call(self._c.host_stub.SetHostAutoMigrate, req, timeout).host
+
     def watch(self, *, timeout: float | None = None) -> Generator[pb.WatchHostsResponse, None, None]:
         """A snapshot of every host, then batches of changes."""
         return self._c.stream(self._c.host_stub.WatchHosts, pb.WatchHostsRequest(), timeout)

@@ -6,7 +6,7 @@ import argparse
 
 from .context import Context
 from .output import total_footer
-from .parser import Registry
+from .parser import Registry, add_help_flag
 from .views import HOST_COLUMNS, host_fields, host_row
 
 
@@ -28,10 +28,36 @@ def cmd_show(ctx: Context, a: argparse.Namespace) -> int:
     return 0
 
 
+def _flag(value: str | None) -> bool | None:
+    return None if value is None else value == "enable"
+
+
+def cmd_auto_migrate(ctx: Context, a: argparse.Namespace) -> int:
+    host = ctx.client.hosts.set_auto_migrate(
+        a.id, on_host_down=_flag(a.auto_migrate_on_host_down),
+        on_host_shutdown=_flag(a.auto_migrate_on_host_shutdown))
+    if ctx.out.json:
+        ctx.out.emit_json(host)
+    else:
+        ctx.out.kv(host_fields(host))
+    return 0
+
+
 def register(reg: Registry) -> None:
     p = reg.command("host-list", "List hosts", cmd_list)
     p.add_argument("--hypervisor", help="Only hosts of this hypervisor type, e.g. kvm")
     p.add_argument("--search", help="Filter by name substring or exact ID")
 
     p = reg.command("host-show", "Show details of a host", cmd_show)
+    p.add_argument("id", metavar="ID", help="ID or name of host")
+
+    # Usage line exactly as the seed: shutdown flag, --help, host-down flag, <ID>.
+    p = reg.command("host-auto-migrate-on-host-down",
+                    "Set auto migrate on host down or shutdown", cmd_auto_migrate)
+    p.add_argument("--auto-migrate-on-host-shutdown", choices=("enable", "disable"),
+                   help="Auto migrate guests with shared storage when the host shuts down; "
+                        "requires --auto-migrate-on-host-down enable")
+    add_help_flag(p)
+    p.add_argument("--auto-migrate-on-host-down", choices=("enable", "disable"),
+                   help="Auto migrate guests with shared storage when the host goes down")
     p.add_argument("id", metavar="ID", help="ID or name of host")

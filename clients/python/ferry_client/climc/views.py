@@ -106,14 +106,16 @@ def server_fields(s: r.Server, task_id: str = "") -> list[tuple[str, Any]]:
 # -- hosts ------------------------------------------------------------------
 
 HOST_COLUMNS = ("ID", "Name", "Access_address", "Status", "Host_status", "Enabled", "Hypervisor",
-                "Cpu_used/count", "Mem_used/size_MB", "Servers", "Accel")
+                "Cpu_used/count", "Mem_used/size_MB", "Servers", "Accel",
+                "Auto_migrate_on_host_down", "Auto_migrate_on_host_shutdown")
 
 
 def host_row(h: r.Host) -> list[Any]:
     return [h.id, h.name, h.access_address, enum_to_str(r.HostStatus, h.status),
             enum_to_str(r.HostHealth, h.host_status), h.enabled, h.hypervisor,
             f"{h.cpu_used}/{h.cpu_count}", f"{h.mem_used_mb}/{h.mem_size_mb}", h.server_count,
-            enum_to_str(r.Accelerator, h.accelerator)]
+            enum_to_str(r.Accelerator, h.accelerator), h.auto_migrate_on_host_down,
+            h.auto_migrate_on_host_shutdown]
 
 
 def storage_line(s: r.HostStorage) -> str:

@@ -663,6 +663,7 @@ class DiskLayout(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     BACKING_IMAGE_ID_FIELD_NUMBER: _builtins.int
     DATA_BYTES_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
     virtual_size: _builtins.int
     """Virtual size in bytes."""
     format: _builtins.str
@@ -671,6 +672,8 @@ class DiskLayout(_message.Message):
     """Image id of the backing file, empty when none."""
     data_bytes: _builtins.int
     """Bytes the source will send (allocated data in this layer)."""
+    fingerprint: _builtins.str
+    """Identity of the source layer (allocation map, size, mtime); a resume needs the same one."""
     def __init__(
         self,
         *,
@@ -678,10 +681,11 @@ class DiskLayout(_message.Message):
         format: _builtins.str = ...,
         backing_image_id: _builtins.str = ...,
         data_bytes: _builtins.int = ...,
+        fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing_image_id", b"backing_image_id", "data_bytes", b"data_bytes", "format", b"format", "virtual_size", b"virtual_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing_image_id", b"backing_image_id", "data_bytes", b"data_bytes", "fingerprint", b"fingerprint", "format", b"format", "virtual_size", b"virtual_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

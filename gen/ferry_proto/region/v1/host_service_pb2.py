@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ferry_proto.region.v1 import resources_pb2 as ferry_dot_region_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ferry/region/v1/host_service.proto\x12\x0f\x66\x65rry.region.v1\x1a\x1f\x66\x65rry/region/v1/resources.proto\"6\n\x10ListHostsRequest\x12\x12\n\nhypervisor\x18\x01 \x01(\t\x12\x0e\n\x06search\x18\x02 \x01(\t\"9\n\x11ListHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.ferry.region.v1.Host\"\x1c\n\x0eGetHostRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x0fGetHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host\"\x13\n\x11WatchHostsRequest\"f\n\x12WatchHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.ferry.region.v1.Host\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x18\n\x10removed_host_ids\x18\x03 \x03(\t2\x88\x02\n\x0bHostService\x12R\n\tListHosts\x12!.ferry.region.v1.ListHostsRequest\x1a\".ferry.region.v1.ListHostsResponse\x12L\n\x07GetHost\x12\x1f.ferry.region.v1.GetHostRequest\x1a .ferry.region.v1.GetHostResponse\x12W\n\nWatchHosts\x12\".ferry.region.v1.WatchHostsRequest\x1a#.ferry.region.v1.WatchHostsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ferry/region/v1/host_service.proto\x12\x0f\x66\x65rry.region.v1\x1a\x1f\x66\x65rry/region/v1/resources.proto\"6\n\x10ListHostsRequest\x12\x12\n\nhypervisor\x18\x01 \x01(\t\x12\x0e\n\x06search\x18\x02 \x01(\t\"9\n\x11ListHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.ferry.region.v1.Host\"\x1c\n\x0eGetHostRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x0fGetHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host\"\x13\n\x11WatchHostsRequest\"f\n\x12WatchHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.ferry.region.v1.Host\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x18\n\x10removed_host_ids\x18\x03 \x03(\t\"\xbb\x01\n\x19SetHostAutoMigrateRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x19\x61uto_migrate_on_host_down\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12*\n\x1d\x61uto_migrate_on_host_shutdown\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x1c\n\x1a_auto_migrate_on_host_downB \n\x1e_auto_migrate_on_host_shutdown\"A\n\x1aSetHostAutoMigrateResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host2\xf7\x02\n\x0bHostService\x12R\n\tListHosts\x12!.ferry.region.v1.ListHostsRequest\x1a\".ferry.region.v1.ListHostsResponse\x12L\n\x07GetHost\x12\x1f.ferry.region.v1.GetHostRequest\x1a .ferry.region.v1.GetHostResponse\x12W\n\nWatchHosts\x12\".ferry.region.v1.WatchHostsRequest\x1a#.ferry.region.v1.WatchHostsResponse0\x01\x12m\n\x12SetHostAutoMigrate\x12*.ferry.region.v1.SetHostAutoMigrateRequest\x1a+.ferry.region.v1.SetHostAutoMigrateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHHOSTSREQUEST']._serialized_end=308
   _globals['_WATCHHOSTSRESPONSE']._serialized_start=310
   _globals['_WATCHHOSTSRESPONSE']._serialized_end=412
-  _globals['_HOSTSERVICE']._serialized_start=415
-  _globals['_HOSTSERVICE']._serialized_end=679
+  _globals['_SETHOSTAUTOMIGRATEREQUEST']._serialized_start=415
+  _globals['_SETHOSTAUTOMIGRATEREQUEST']._serialized_end=602
+  _globals['_SETHOSTAUTOMIGRATERESPONSE']._serialized_start=604
+  _globals['_SETHOSTAUTOMIGRATERESPONSE']._serialized_end=669
+  _globals['_HOSTSERVICE']._serialized_start=672
+  _globals['_HOSTSERVICE']._serialized_end=1047
 # @@protoc_insertion_point(module_scope)

@@ -165,3 +165,67 @@ class WatchHostsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchHostsResponse: _TypeAlias = WatchHostsResponse  # noqa: Y015
+
+@_typing.final
+class SetHostAutoMigrateRequest(_message.Message):
+    """SetHostAutoMigrateRequest changes a host's automatic migration settings.
+    Shutdown migration requires host-down migration: a request whose result
+    would enable the first without the second is refused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AUTO_MIGRATE_ON_HOST_DOWN_FIELD_NUMBER: _builtins.int
+    AUTO_MIGRATE_ON_HOST_SHUTDOWN_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Host id or name."""
+    auto_migrate_on_host_down: _builtins.bool
+    """New host-down setting; unset leaves it."""
+    auto_migrate_on_host_shutdown: _builtins.bool
+    """New host-shutdown setting; unset leaves it."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        auto_migrate_on_host_down: _builtins.bool | None = ...,
+        auto_migrate_on_host_shutdown: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_migrate_on_host_down", b"_auto_migrate_on_host_down", "_auto_migrate_on_host_shutdown", b"_auto_migrate_on_host_shutdown", "auto_migrate_on_host_down", b"auto_migrate_on_host_down", "auto_migrate_on_host_shutdown", b"auto_migrate_on_host_shutdown"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_migrate_on_host_down", b"_auto_migrate_on_host_down", "_auto_migrate_on_host_shutdown", b"_auto_migrate_on_host_shutdown", "auto_migrate_on_host_down", b"auto_migrate_on_host_down", "auto_migrate_on_host_shutdown", b"auto_migrate_on_host_shutdown", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__auto_migrate_on_host_down: _TypeAlias = _typing.Literal["auto_migrate_on_host_down"]  # noqa: Y015
+    _WhichOneofArgType__auto_migrate_on_host_down: _TypeAlias = _typing.Literal["_auto_migrate_on_host_down", b"_auto_migrate_on_host_down"]  # noqa: Y015
+    _WhichOneofReturnType__auto_migrate_on_host_shutdown: _TypeAlias = _typing.Literal["auto_migrate_on_host_shutdown"]  # noqa: Y015
+    _WhichOneofArgType__auto_migrate_on_host_shutdown: _TypeAlias = _typing.Literal["_auto_migrate_on_host_shutdown", b"_auto_migrate_on_host_shutdown"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_migrate_on_host_down) -> _WhichOneofReturnType__auto_migrate_on_host_down | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_migrate_on_host_shutdown) -> _WhichOneofReturnType__auto_migrate_on_host_shutdown | None: ...
+
+Global___SetHostAutoMigrateRequest: _TypeAlias = SetHostAutoMigrateRequest  # noqa: Y015
+
+@_typing.final
+class SetHostAutoMigrateResponse(_message.Message):
+    """SetHostAutoMigrateResponse returns the host with its new settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def host(self) -> _resources_pb2.Host:
+        """The host."""
+
+    def __init__(
+        self,
+        *,
+        host: _resources_pb2.Host | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHostAutoMigrateResponse: _TypeAlias = SetHostAutoMigrateResponse  # noqa: Y015

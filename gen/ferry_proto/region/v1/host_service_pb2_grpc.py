@@ -50,6 +50,11 @@ class HostServiceStub:
                 request_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.WatchHostsRequest.SerializeToString,
                 response_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.WatchHostsResponse.FromString,
                 _registered_method=True)
+        self.SetHostAutoMigrate = channel.unary_unary(
+                '/ferry.region.v1.HostService/SetHostAutoMigrate',
+                request_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateRequest.SerializeToString,
+                response_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateResponse.FromString,
+                _registered_method=True)
 
 
 class HostServiceServicer:
@@ -77,6 +82,13 @@ class HostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHostAutoMigrate(self, request, context):
+        """Enables or disables restarting a host's shared-storage guests elsewhere when it goes down or shuts down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_HostServiceServicer_to_server(servicer, server):
                     servicer.WatchHosts,
                     request_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.WatchHostsRequest.FromString,
                     response_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.WatchHostsResponse.SerializeToString,
+            ),
+            'SetHostAutoMigrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHostAutoMigrate,
+                    request_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateRequest.FromString,
+                    response_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class HostService:
             '/ferry.region.v1.HostService/WatchHosts',
             ferry_dot_region_dot_v1_dot_host__service__pb2.WatchHostsRequest.SerializeToString,
             ferry_dot_region_dot_v1_dot_host__service__pb2.WatchHostsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHostAutoMigrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.region.v1.HostService/SetHostAutoMigrate',
+            ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateRequest.SerializeToString,
+            ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class HostServiceStub:
     """Returns one host by id or name."""
     WatchHosts: _grpc.UnaryStreamMultiCallable[_host_service_pb2.WatchHostsRequest, _host_service_pb2.WatchHostsResponse]
     """Streams every host once, then each host again whenever it changes."""
+    SetHostAutoMigrate: _grpc.UnaryUnaryMultiCallable[_host_service_pb2.SetHostAutoMigrateRequest, _host_service_pb2.SetHostAutoMigrateResponse]
+    """Enables or disables restarting a host's shared-storage guests elsewhere when it goes down or shuts down."""
 
 @_typing.type_check_only
 class HostServiceAsyncStub(HostServiceStub):
@@ -51,6 +53,8 @@ class HostServiceAsyncStub(HostServiceStub):
     """Returns one host by id or name."""
     WatchHosts: _aio.UnaryStreamMultiCallable[_host_service_pb2.WatchHostsRequest, _host_service_pb2.WatchHostsResponse]  # type: ignore[assignment]
     """Streams every host once, then each host again whenever it changes."""
+    SetHostAutoMigrate: _aio.UnaryUnaryMultiCallable[_host_service_pb2.SetHostAutoMigrateRequest, _host_service_pb2.SetHostAutoMigrateResponse]  # type: ignore[assignment]
+    """Enables or disables restarting a host's shared-storage guests elsewhere when it goes down or shuts down."""
 
 class HostServiceServicer(metaclass=_abc_1.ABCMeta):
     """HostService is the public view of hypervisor hosts."""
@@ -78,5 +82,13 @@ class HostServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_host_service_pb2.WatchHostsResponse], _abc.AsyncIterator[_host_service_pb2.WatchHostsResponse]]:
         """Streams every host once, then each host again whenever it changes."""
+
+    @_abc_1.abstractmethod
+    def SetHostAutoMigrate(
+        self,
+        request: _host_service_pb2.SetHostAutoMigrateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_host_service_pb2.SetHostAutoMigrateResponse, _abc.Awaitable[_host_service_pb2.SetHostAutoMigrateResponse]]:
+        """Enables or disables restarting a host's shared-storage guests elsewhere when it goes down or shuts down."""
 
 def add_HostServiceServicer_to_server(servicer: HostServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

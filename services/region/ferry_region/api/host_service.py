@@ -45,6 +45,17 @@ class HostServicer(host_service_pb2_grpc.HostServiceServicer):
                                             removed_host_ids=removed)
 
 
+    async def SetHostAutoMigrate(self, request: pb.SetHostAutoMigrateRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> pb.SetHostAutoMigrateResponse:
+        down = (request.auto_migrate_on_host_down
+                if request.HasField("auto_migrate_on_host_down") else None)
+        shutdown = (request.auto_migrate_on_host_shutdown
+                    if request.HasField("auto_migrate_on_host_shutdown") else None)
+        view = await self.hosts.set_auto_migrate(request.id, down, shutdown)
+        return pb.SetHostAutoMigrateResponse(host=convert.host(view))
+
+
 class HostRegistryServicer(registry_service_pb2_grpc.HostRegistryServiceServicer):
     def __init__(self, hosts: HostRegistry) -> None:
         self.hosts = hosts

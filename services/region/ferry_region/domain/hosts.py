@@ -271,6 +271,30 @@ class HostRegistry:
             return HostView(host, host_usage(session, [host.id]).get(host.id, Usage()))
         return await self.db.read(tx)
 
+    async def set_auto_migrate(self, ident: str, on_down: bool | None,
+                               on_shutdown: bool | None) -> HostView:
+        """Changes the automatic migration flags; shutdown migration needs host-down migration."""
+        check_ident("id", ident)
+        if on_down is None and on_shutdown is None:
+            raise InvalidArgument("auto_migrate_on_host_down",
+                                  "give auto_migrate_on_host_down and/or auto_migrate_on_host_shutdown")
+
+        def tx(session: Session) -> str:
+            host = find_host(session, ident, full=False)
+            down = host.auto_migrate_on_host_down if on_down is None else on_down
+            shutdown = host.auto_migrate_on_host_shutdown if on_shutdown is None else on_shutdown
+            if shutdown and not down:
+                field = ("auto_migrate_on_host_shutdown" if on_shutdown
+                         else "auto_migrate_on_host_down")
+                raise InvalidArgument(field, "auto-migrate on host shutdown requires auto-migrate "
+                                             "on host down to be enabled as well")
+            host.auto_migrate_on_host_down = down
+            host.auto_migrate_on_host_shutdown = shutdown
+            return host.id
+        host_id = await self.db.write(tx)
+        self.events.publish(host_id)
+        return await self.get(host_id)
+
     async def views(self, host_ids: Iterable[str]) -> tuple[list[HostView], list[str]]:
         """Current views of `host_ids` and the ids that no longer exist."""
         ids = sorted(set(host_ids))
