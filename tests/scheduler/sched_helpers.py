@@ -69,12 +69,12 @@ def select_request(vcpu: int = 1, memory_mb: int = 1024, *, server_id: str = "sr
 class World:
     """A cache + reservation book + placer on a manual clock."""
 
-    def __init__(self, *hosts: HostView, grace: float = 120.0) -> None:
+    def __init__(self, *hosts: HostView, grace: float = 120.0, fast: bool = True) -> None:
         self.clock = ManualClock()
         self.cache = HostCache(self.clock)
         self.book = ReservationBook(self.clock, confirmed_grace=grace)
         self.cache.add_listener(self.book)
-        self.placer = Placer(self.cache, self.book, clock=self.clock)
+        self.placer = Placer(self.cache, self.book, clock=self.clock, fast=fast)
         self.cache.apply_snapshot(hosts)
 
 

@@ -6,12 +6,12 @@ import asyncio
 
 import grpc
 import pytest
+from fake_region import FakeRegion
 from ferry_common.errors import error_info, status_from_rpc_error
 from ferry_proto.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from ferry_scheduler.app import SchedulerConfig, start_scheduler
 from ferry_scheduler.details import placement_from_error
 from ferry_scheduler.servicer import HOST_VIEW_METADATA_KEY
-from fake_region import FakeRegion
 from sched_helpers import eventually, host_proto, select_request
 
 pytestmark = pytest.mark.timeout(30)
@@ -215,7 +215,7 @@ async def test_many_rejected_hosts_fit_in_the_trailer():
         detail = placement_from_error(e.value)
         assert 0 < len(detail.rejected) == int(info.metadata["hosts_in_details"]) < 300
         assert all(r.rejections[0].reason == "INSUFFICIENT_MEMORY" for r in detail.rejected)
-        assert f"of 300 host(s)" in e.value.details()
+        assert "of 300 host(s)" in e.value.details()
     finally:
         await s.stop(grace=0)
         await region.stop()

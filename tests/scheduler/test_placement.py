@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from ferry_proto.region.v1 import resources_pb2
-from ferry_scheduler.errors import HostViewNotReady, NoHostFits, UnknownHost
 from ferry_scheduler.cache import HostCache
+from ferry_scheduler.errors import HostViewNotReady, NoHostFits, UnknownHost
+from ferry_scheduler.model import DiskRequest
 from ferry_scheduler.placement import Placer
 from ferry_scheduler.reservations import ReservationBook
-from ferry_scheduler.model import DiskRequest
 from sched_helpers import World, host, request
 
 

@@ -28,8 +28,9 @@ def test_more_free_memory_and_cpu_ranks_first():
 
 def test_score_is_free_fraction_after_this_placement():
     h = host("a", cpu_count=8, mem_size_mb=8192)
-    # memory: (8192-1024)/8192 = .875, cpu: (8-2)/8 = .75 -> mean .8125
-    assert score(h, request(vcpu=2, memory_mb=1024), ctx()) == 81.25
+    # memory: (8192-1024)/8192 = .875 (w 1), cpu: (8-2)/8 = .75 (w 1),
+    # in flight: 1/(1+0) (w .5), spread: 1/(1+0) (w .5) -> 2.625 / 3 = .875
+    assert score(h, request(vcpu=2, memory_mb=1024), ctx()) == 87.5
 
 
 def test_reservations_lower_the_score():

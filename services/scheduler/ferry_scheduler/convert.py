@@ -14,6 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from .errors import InvalidRequest
 from .model import (
+    MIGRATION_KINDS,
     DiskRequest,
     HostView,
     PlacementKind,
@@ -98,12 +99,34 @@ def _check_kind(value: int) -> PlacementKind:
     try:
         return PlacementKind(value)
     except ValueError:
-        names = ", ".join(n for n in scheduler_pb2.PlacementKind.keys() if not n.endswith("_UNSPECIFIED"))
+        kinds = scheduler_pb2.PlacementKind.keys()
+        names = ", ".join(n for n in kinds if not n.endswith("_UNSPECIFIED"))
         raise InvalidRequest("kind", f"unknown value {value}; expected one of {names}") from None
 
 
-def request_from_proto(req: scheduler_pb2.SelectHostRequest) -> PlacementRequest:
-    """Validates a SelectHostRequest; InvalidRequest names the first bad field."""
+def _kind_name(kind: PlacementKind) -> str:
+    return scheduler_pb2.PlacementKind.Name(int(kind))
+
+
+def _check_migration_fields(kind: PlacementKind, source_host_id: str, skip_cpu_check: bool,
+                            skip_kernel_check: bool) -> None:
+    """The migration fields must agree with the kind; the error names the field."""
+    _check_ident("source_host_id", source_host_id)
+    if kind in MIGRATION_KINDS and not source_host_id:
+        raise InvalidRequest("source_host_id",
+                             f"must name the server's current host for kind {_kind_name(kind)}")
+    if kind not in MIGRATION_KINDS and source_host_id:
+        raise InvalidRequest("source_host_id",
+                             f"only for the migration kinds, got kind {_kind_name(kind)}")
+    for field, value in (("skip_cpu_check", skip_cpu_check),
+                         ("skip_kernel_check", skip_kernel_check)):
+        if value and kind is not PlacementKind.LIVE_MIGRATE:
+            raise InvalidRequest(field, f"only applies to kind PLACEMENT_KIND_LIVE_MIGRATE, got "
+                                        f"kind {_kind_name(kind)}")
+
+
+def _placement_request(req: scheduler_pb2.SelectHostRequest | scheduler_pb2.ForecastRequest,
+                       ttl: int) -> PlacementRequest:
     r = req.requirements
     _check_ident("requirements.server_id", r.server_id)
     _check_range("requirements.vcpu_count", r.vcpu_count, 1, MAX_VCPU)
@@ -126,7 +149,7 @@ def request_from_proto(req: scheduler_pb2.SelectHostRequest) -> PlacementRequest
         raise InvalidRequest("exclude_host_ids", f"at most {MAX_EXCLUDED} ids")
     for i, h in enumerate(req.exclude_host_ids):
         _check_ident(f"exclude_host_ids[{i}]", h, required=True)
-    _check_range("reservation_ttl_seconds", req.reservation_ttl_seconds, 0, MAX_TTL_SECONDS)
+    _check_migration_fields(kind, req.source_host_id, req.skip_cpu_check, req.skip_kernel_check)
     return PlacementRequest(
         server_id=r.server_id,
         vcpu_count=r.vcpu_count,
@@ -136,8 +159,22 @@ def request_from_proto(req: scheduler_pb2.SelectHostRequest) -> PlacementRequest
         kind=kind,
         prefer_host=req.prefer_host,
         exclude_host_ids=frozenset(req.exclude_host_ids),
-        reservation_ttl_seconds=float(req.reservation_ttl_seconds),
+        reservation_ttl_seconds=float(ttl),
+        source_host_id=req.source_host_id,
+        skip_cpu_check=req.skip_cpu_check,
+        skip_kernel_check=req.skip_kernel_check,
     )
+
+
+def request_from_proto(req: scheduler_pb2.SelectHostRequest) -> PlacementRequest:
+    """Validates a SelectHostRequest; InvalidRequest names the first bad field."""
+    _check_range("reservation_ttl_seconds", req.reservation_ttl_seconds, 0, MAX_TTL_SECONDS)
+    return _placement_request(req, req.reservation_ttl_seconds)
+
+
+def forecast_from_proto(req: scheduler_pb2.ForecastRequest) -> PlacementRequest:
+    """Validates a ForecastRequest, as SelectHostRequest."""
+    return _placement_request(req, 0)
 
 
 def reservation_id_from_proto(field: str, value: str) -> str:
@@ -167,4 +204,23 @@ def result_to_proto(result: PlacementResult) -> scheduler_pb2.SelectHostResponse
         secs = int(rv.expires_at)
         resp.reservation.expires_at.seconds = secs
         resp.reservation.expires_at.nanos = int((rv.expires_at - secs) * 1e9)
+    return resp
+
+
+def forecast_to_proto(result: PlacementResult) -> scheduler_pb2.ForecastResponse:
+    """Every candidate and every rejected host (a message, so nothing is cut)."""
+    resp = scheduler_pb2.ForecastResponse(can_place=bool(result.candidates),
+                                          stale=result.stale_view)
+    add_candidate = resp.candidates.add
+    for c in result.candidates:
+        if c.storage_ids:
+            add_candidate(host_id=c.host_id, host_name=c.host_name, score=c.score,
+                          storage_ids=c.storage_ids)
+        else:
+            add_candidate(host_id=c.host_id, host_name=c.host_name, score=c.score)
+    add_rejected = resp.rejected.add
+    for rh in result.rejected:
+        add_reason = add_rejected(host_id=rh.host_id, host_name=rh.host_name).rejections.add
+        for x in rh.rejections:
+            add_reason(filter=x.filter, reason=x.reason, message=x.message)
     return resp

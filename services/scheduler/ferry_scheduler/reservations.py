@@ -31,7 +31,7 @@ import itertools
 import logging
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .clock import Clock
@@ -96,6 +96,8 @@ class ReservationBook:
         self._seq = itertools.count()
         self._ended: OrderedDict[str, ReservationState] = OrderedDict()
         self._remember_ended = remember_ended
+        #: Called with (host_id, storage_ids) whenever what is held there changes (the fast index).
+        self._hold_listeners: list[Callable[[str, Iterable[str]], None]] = []
 
     # ---- queries (used by filters and scoring; O(1)) ----
 
@@ -107,6 +109,14 @@ class ReservationBook:
 
     def held_storage(self, storage_id: str) -> int:
         return self._storage_mb.get(storage_id, 0)
+
+    def in_flight(self, host_id: str) -> int:
+        """Guests on their way to `host_id`: live (pending or confirmed, unsettled) reservations."""
+        held = self._by_host.get(host_id)
+        return len(held) if held else 0
+
+    def add_hold_listener(self, fn: Callable[[str, Iterable[str]], None]) -> None:
+        self._hold_listeners.append(fn)
 
     def get(self, reservation_id: str) -> Reservation | None:
         return self._live.get(reservation_id)
@@ -138,6 +148,7 @@ class ReservationBook:
             self._by_server[server_id] = r.id
         self._count(r, +1)
         heapq.heappush(self._deadlines, (r.expires_at, r.seq, r.id))
+        self._notify(r)
         log.debug("reservation %s: %d vCPU, %d MiB, storage %s on host %s for server %s, ttl %.0fs",
                  r.id, vcpu, memory_mb, r.storage_mb or "-", host_id, server_id or "-", ttl)
         return r
@@ -242,6 +253,12 @@ class ReservationBook:
                 log.warning("reservation %s on host %s expired unconfirmed", r.id, r.host_id)
             elif new is ReservationState.RELEASED:
                 log.info("reservation %s on host %s released", r.id, r.host_id)
+        if was_counted:
+            self._notify(r)
+
+    def _notify(self, r: Reservation) -> None:
+        for fn in self._hold_listeners:
+            fn(r.host_id, r.storage_mb.keys())
 
     def _count(self, r: Reservation, sign: int) -> None:
         self._host_vcpu[r.host_id] += sign * r.vcpu

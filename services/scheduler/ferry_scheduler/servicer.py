@@ -5,6 +5,9 @@ details hold an ErrorInfo (reason NO_HOST_FITS / PREFERRED_HOST_REJECTED /
 NO_HOSTS, metadata with counts per reason) and a SelectHostResponse with the
 rejected hosts, each filter's reason and figures, cut to fit a gRPC trailer
 (see details.py).
+
+Forecast runs the same filters and scoring without reserving and answers with
+every candidate and every rejected host: a message has no trailer budget.
 """
 
 from __future__ import annotations
@@ -12,10 +15,16 @@ from __future__ import annotations
 import grpc
 from ferry_proto.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from .convert import request_from_proto, reservation_id_from_proto, result_to_proto
+from .convert import (
+    forecast_from_proto,
+    forecast_to_proto,
+    request_from_proto,
+    reservation_id_from_proto,
+    result_to_proto,
+)
 from .details import DETAIL_BUDGET, fit_detail
 from .errors import NoHostFits
-from .placement import Placer
+from .placement import Placer, gc_paused
 
 HOST_VIEW_METADATA_KEY = "ferry-host-view"
 
@@ -48,6 +57,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if result.stale_view:
             context.set_trailing_metadata(((HOST_VIEW_METADATA_KEY, "stale"),))
         return result_to_proto(result)
+
+    async def Forecast(self, request: scheduler_pb2.ForecastRequest,
+                       context: grpc.aio.ServicerContext) -> scheduler_pb2.ForecastResponse:
+        placement = forecast_from_proto(request)
+        remaining = context.time_remaining()
+        await self._placer.wait_for_view(
+            self._view_wait if remaining is None else min(self._view_wait, remaining * 0.5))
+        with gc_paused():      # the answer's tuples die here, before any collection sees them
+            result = self._placer.forecast(placement)
+            stale = result.stale_view
+            resp = forecast_to_proto(result)
+            del result
+        if stale:
+            context.set_trailing_metadata(((HOST_VIEW_METADATA_KEY, "stale"),))
+        return resp
 
     async def ConfirmReservation(self, request: scheduler_pb2.ConfirmReservationRequest,
                                  context: grpc.aio.ServicerContext

@@ -118,7 +118,7 @@ class RegionWatcher:
             except grpc.aio.AioRpcError as e:
                 self.last_error = e
                 reason = f"region {self.address} unreachable: {e.code().name}: {e.details()}"
-            except Exception as e:  # noqa: BLE001 - a bug here must not kill the view; say so
+            except Exception as e:
                 self.last_error = e
                 log.exception("host watch on region %s failed", self.address)
                 reason = f"host watch failed: {type(e).__name__}: {e}"

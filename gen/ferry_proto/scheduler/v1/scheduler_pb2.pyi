@@ -324,11 +324,13 @@ class SelectHostResponse(_message.Message):
 
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
-        """Every candidate, best first."""
+        """The best candidates, best first (at most 8; Forecast returns them all)."""
 
     @_builtins.property
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedHost]:
-        """Every rejected host with its reasons."""
+        """Rejected hosts with their reasons: the first 16 by name when a host was
+        chosen, every one when none was (Forecast returns them all, never capped).
+        """
 
     @_builtins.property
     def reservation(self) -> Global___Reservation:

@@ -1,4 +1,4 @@
-"""Client of the scheduler: SelectHost, ConfirmReservation, ReleaseReservation.
+"""Client of the scheduler: SelectHost, ConfirmReservation, ReleaseReservation, Forecast.
 
 A RESOURCE_EXHAUSTED answer keeps every detail the scheduler packed into its
 `google.rpc.Status` (per-host rejections) and is re-raised as
@@ -10,9 +10,6 @@ from __future__ import annotations
 import logging
 
 import grpc
-from google.protobuf import descriptor_pool, message_factory
-from google.rpc import error_details_pb2
-
 from ferry_common.channels import open_channel
 from ferry_common.errors import (
     FerryError,
@@ -22,6 +19,8 @@ from ferry_common.errors import (
 )
 from ferry_common.tls import TlsConfig
 from ferry_proto.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from google.protobuf import descriptor_pool, message_factory
+from google.rpc import error_details_pb2
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +89,14 @@ class SchedulerClient:
                                         metadata=dict(info.metadata) if info else None)
                 err.details = details
                 raise err from exc
+            raise from_rpc_error(exc, self._peer()) from exc
+
+    async def forecast(self, request: scheduler_pb2.ForecastRequest, *,
+                       timeout: float | None = None) -> scheduler_pb2.ForecastResponse:
+        """Every candidate and every rejected host with reasons; nothing is reserved."""
+        try:
+            return await self._stub.Forecast(request, timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, self._peer()) from exc
 
     async def confirm(self, reservation_id: str, *, timeout: float | None = None) -> None:

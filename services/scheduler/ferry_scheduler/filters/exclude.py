@@ -14,6 +14,7 @@ def applies(request: PlacementRequest) -> bool:
 
 
 def check(host: HostView, request: PlacementRequest, context: FilterContext) -> list[Rejection]:
-    if host.id in request.exclude_host_ids:
+    # the source host is also excluded by the region; source_host already says why
+    if host.id in request.exclude_host_ids and host.id != request.source_host_id:
         return [Rejection(NAME, EXCLUDED, "host is in the request's exclude_host_ids")]
     return []
