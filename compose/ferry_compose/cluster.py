@@ -50,7 +50,7 @@ ETCD_BIN = "/usr/bin/etcd"
 SHARED_STORAGE_ID = "shared0"
 WIRE = "wire0"
 NETWORKS = "net0"
-STOP_ORDER = ("agent", "scheduler", "region", "etcd")
+STOP_ORDER = ("agent", "health", "scheduler", "region", "etcd")
 
 
 def executable(name: str, module: str) -> list[str]:
@@ -256,6 +256,9 @@ class Cluster:
         agents = [self._spawn(h.name, "agent", self._agent_argv(h), h.address) for h in p.hosts]
         for rec in agents:
             self._wait(rec, lambda a=rec.address: probes.grpc_serving(a), deadline)
+        if self.spec.health_keeper:
+            for h in p.hosts:
+                self._spawn(f"{h.name}-health", "health", self._keeper_argv(h), h.address)
         ids = [h.host_id for h in p.hosts]
         self._wait(region, lambda: probes.hosts_online(p.region_address, ids), deadline,
                    what="the region to list every host online", watch=[etcd, sched, *agents])
@@ -307,8 +310,11 @@ class Cluster:
         p = self.plan
         assert p is not None
         client, peer = f"http://127.0.0.1:{p.etcd_client_port}", f"http://127.0.0.1:{p.etcd_peer_port}"
+        # Also on every host's own address: a keeper reaches etcd through it, so a test can
+        # cut one host off etcd with iptables on that address alone.
+        listen = ",".join([client] + [f"http://{h.ip}:{p.etcd_client_port}" for h in p.hosts])
         return [ETCD_BIN, "--name", "ferry-etcd", "--data-dir", str(p.etcd_data),
-                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-client-urls", listen, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"ferry-etcd={peer}", "--initial-cluster-state", "new",
                 "--logger", "zap", "--log-outputs", "stderr"]
@@ -316,11 +322,14 @@ class Cluster:
     def _region_argv(self) -> list[str]:
         p = self.plan
         assert p is not None
-        return [*executable("ferry-region", "ferry_region.main"),
+        argv = [*executable("ferry-region", "ferry_region.main"),
                 "--listen", p.region_address, "--data-dir", str(p.region_data),
                 "--db-url", f"sqlite:///{p.region_data / 'region.db'}",
                 "--scheduler", p.scheduler_address, "--etcd", p.etcd_address,
                 "--log-level", self.spec.log_level]
+        if self.spec.host_down_window is not None:
+            argv += ["--host-down-window", str(self.spec.host_down_window)]
+        return argv
 
     def _scheduler_argv(self) -> list[str]:
         p = self.plan
@@ -334,13 +343,29 @@ class Cluster:
         assert p is not None
         argv = [*executable("ferry-host", "ferry_host.main"),
                 "--host-id", h.host_id, "--name", h.name, "--listen", h.address,
-                "--region", p.region_address, "--etcd", p.etcd_address,
+                "--region", p.region_address,
+                "--etcd", "" if self.spec.health_keeper else p.etcd_address,
                 "--state-dir", str(h.agent_state_dir), "--local-storage", str(h.local_storage),
                 "--shared-storage", str(p.shared_storage), "--shared-storage-id", SHARED_STORAGE_ID,
                 "--wire", WIRE, "--networks", NETWORKS, "--accel", h.accel,
                 "--log-level", self.spec.log_level]
         if self.spec.lease_ttl is not None:
             argv += ["--lease-ttl", str(self.spec.lease_ttl)]
+        return argv
+
+    def _keeper_argv(self, h: HostSpec) -> list[str]:
+        p = self.plan
+        assert p is not None
+        argv = [*executable("ferry-host-health", "ferry_host.health.main"),
+                "--host-id", h.host_id, "--etcd", f"{h.ip}:{p.etcd_client_port}",
+                "--state-dir", str(h.agent_state_dir), "--agent-address", h.address,
+                "--region", p.region_address,
+                "--shared-storage", str(p.shared_storage), "--shared-storage-id", SHARED_STORAGE_ID,
+                "--log-level", self.spec.log_level]
+        if self.spec.lease_ttl is not None:
+            argv += ["--lease-ttl", str(self.spec.lease_ttl)]
+        if self.spec.fence_after is not None:
+            argv += ["--fence-after", str(self.spec.fence_after)]
         return argv
 
     # ---- down -------------------------------------------------------------------------------
@@ -407,6 +432,8 @@ class Cluster:
                 if r.kind == "etcd":
                     ok, _ = probes.etcd_healthy(self.plan.etcd_client_port, timeout=0.5)  # type: ignore[union-attr]
                     health = "healthy" if ok else "unhealthy"
+                elif r.kind == "health":
+                    health = self._keeper_health(r.name.removesuffix("-health"))
                 else:
                     _, health = probes.grpc_serving(r.address, timeout=0.5)
             rows.append({"name": r.name, "kind": r.kind, "pid": r.pid, "address": r.address,
@@ -415,6 +442,15 @@ class Cluster:
             rows.append({"name": g.name, "kind": "qemu", "pid": g.pid, "address": "", "alive": True,
                          "health": "", "log": g.log})
         return rows
+
+    def _keeper_health(self, host_name: str) -> str:
+        """"healthy" if the host's keeper renewed its lease within the TTL (its keeper.json)."""
+        try:
+            data = json.loads((self.host(host_name).state_dir / "health" / "keeper.json").read_text())
+            age = time.time() - float(data["last_renewed"])
+            return "healthy" if age < float(data.get("lease_ttl", 10)) else f"unhealthy (renewed {age:.0f}s ago)"
+        except (OSError, ValueError, KeyError, ComposeError):
+            return "unhealthy (no renewal yet)"
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float | None = None) -> None:
         """Signals one process by name (SIGKILL stands for a crash); waits for it to exit."""
@@ -447,6 +483,8 @@ class Cluster:
             deadline = time.monotonic() + timeout
             if new.kind == "etcd":
                 self._wait(new, lambda: probes.etcd_healthy(self.plan.etcd_client_port), deadline)  # type: ignore[union-attr]
+            elif new.kind == "health":
+                pass  # nothing to probe; callers wait for the host to be online if they need it
             else:
                 self._wait(new, lambda: probes.grpc_serving(new.address), deadline)
         return new

@@ -38,6 +38,13 @@ class ClusterSpec:
     base_port: int = DEFAULT_BASE_PORT
     log_level: str = "INFO"
     lease_ttl: int | None = None
+    #: Run one `ferry-host-health` keeper per host (it holds the etcd lease and fences);
+    #: the agents then run without a lease of their own. False: agents keep the lease.
+    health_keeper: bool = True
+    #: Keeper fencing deadline in seconds (< lease TTL); None = the keeper's default (0.6 TTL).
+    fence_after: float | None = None
+    #: Region host-down confirmation window in seconds; None = the region's default.
+    host_down_window: float | None = None
     ready_timeout: float = 120.0
     stop_timeout: float = 10.0
 
@@ -57,6 +64,8 @@ class ClusterSpec:
             raise SpecError(f"base_port must be 0 (free ports) or within 1024..65495, got {self.base_port}")
         if self.lease_ttl is not None and self.lease_ttl < 2:
             raise SpecError("lease_ttl must be >= 2 seconds")
+        if self.fence_after is not None and not 0 < self.fence_after < (self.lease_ttl or 10):
+            raise SpecError("fence_after must be > 0 and below the lease TTL")
 
     def accel_of(self, index: int) -> str:
         """Accelerator of host `index` (1-based)."""

@@ -53,6 +53,12 @@ class ServiceServer:
     def add(self, add_fn: AddFn, servicer: object) -> None:
         add_fn(servicer, self._server)
 
+    async def set_service_health(self, service: str, status: int) -> None:
+        """Sets the gRPC health status of one extra service name (e.g. a readiness signal)."""
+        result = self._health.set(service, status)
+        if asyncio.iscoroutine(result):
+            await result
+
     def on_shutdown(self, label: str, hook: Hook) -> None:
         """Registers a shutdown step; steps run in registration order."""
         self._hooks.append((label, hook))

@@ -23,10 +23,13 @@ from .config import AgentConfig
 from .driver.kvm import AccelSetting, probe_accelerator, probe_kvm
 from .driver.qmp import QmpDriver
 from .guests import Guests
+from .health.fence import fenced_guests
 from .imagecache import ImageCache
 from .lease import HealthLease, health_value
-from .registration import Registrar
+from .migration.leftovers import Leftovers
+from .migration.reconcile import start_reconciler
 from .migration_servicer import MigrationAgentServicer
+from .registration import Registrar
 from .servicer import HostAgentServicer
 from .storage import Storage, StorageKind, Storages
 
@@ -116,6 +119,7 @@ async def start_agent(config: AgentConfig) -> Agent:
         agent.registrar = Registrar(config.region, agent.register_request,
                                     peer_tls=config.peer_tls,
                                     default_interval=config.refresh_interval)
+        agent.registrar.on_foreign = Leftovers(guests).schedule
         server.on_shutdown("stop registration", agent.registrar.stop)
         agent.registrar.start()
     if config.etcd:
@@ -123,7 +127,14 @@ async def start_agent(config: AgentConfig) -> Agent:
                                   health_value(config.host_id, lambda: agent.address))
         server.on_shutdown("revoke etcd lease", agent.lease.close)
         agent.lease.start()
+    server.on_shutdown("stop migration reconciler", start_reconciler(agent))
     server.on_shutdown("detach QMP links", driver.detach_all)
+    fenced = fenced_guests(config.state_dir)
+    if fenced:
+        # The health keeper stopped these when the host lost its lease; the agent never
+        # starts a guest by itself: they stay stopped until the region decides.
+        log.warning("fenced guests left stopped (the region decides where they run): %s",
+                    ", ".join(fenced))
     log.info("host agent %s (%s) at %s: accelerator %s, %d storages, %d guests adopted",
              config.host_id, config.name, agent.address, accelerator,
              len(list(storages)), len(agent.adopted))

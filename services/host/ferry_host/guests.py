@@ -21,7 +21,15 @@ from pathlib import Path
 from ferry_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 from . import storage as disks
-from .driver.base import Accel, DiskBus, DiskSpec, GuestDriver, GuestRuntime, GuestSpec, NicSpec
+from .driver.base import (
+    Accel,
+    DiskBus,
+    DiskSpec,
+    GuestDriver,
+    GuestRuntime,
+    GuestSpec,
+    NicSpec,
+)
 from .errmap import driver_errors
 from .errors import HostError
 from .imagecache import ImageCache
@@ -263,6 +271,16 @@ class Guests:
             spec = self._driver_spec(record.definition)
             with driver_errors():
                 await self.driver.start(spec)
+            if record.accelerator != self.accelerator:
+                self._write_record(guest_id, _Record(record.definition, self.accelerator))
+        return await self._view(guest_id)
+
+    async def start_incoming(self, guest_id: str) -> GuestView:
+        """Starts a prepared guest's QEMU paused with `-incoming defer` (live migration target)."""
+        async with self._locks[guest_id]:
+            record = self._record(guest_id)
+            with driver_errors():
+                await self.driver.start(self._driver_spec(record.definition), incoming="defer")
             if record.accelerator != self.accelerator:
                 self._write_record(guest_id, _Record(record.definition, self.accelerator))
         return await self._view(guest_id)

@@ -18,11 +18,10 @@ import asyncio
 import enum
 import json
 import logging
-from collections.abc import Callable
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import aetcd
-
 from ferry_common.states import StateMachine
 
 log = logging.getLogger(__name__)
@@ -63,8 +62,14 @@ def _split_endpoint(endpoint: str) -> tuple[str, int]:
 
 class HealthLease:
     def __init__(self, endpoint: str, host_id: str, ttl: int,
-                 value: Callable[[], dict]) -> None:
+                 value: Callable[[], dict],
+                 on_renewed: Callable[[], object] | None = None,
+                 before_grant: Callable[[], Awaitable[object]] | None = None) -> None:
         self.endpoint = endpoint
+        # Hooks for the health keeper (ferry_host.health): called after every
+        # successful grant or refresh, and awaited before every grant.
+        self._on_renewed = on_renewed
+        self._before_grant = before_grant
         self.key = health_key(host_id)
         self.ttl = int(ttl)
         self._value = value
@@ -121,7 +126,7 @@ class HealthLease:
         if client is not None:
             try:
                 await client.close()
-            except Exception:  # noqa: BLE001 - the channel is being thrown away anyway
+            except Exception:
                 log.debug("closing etcd client failed", exc_info=True)
 
     async def _run(self) -> None:
@@ -129,6 +134,8 @@ class HealthLease:
         while True:
             self._transition(LeaseState.GRANTING)
             try:
+                if self._before_grant is not None:
+                    await self._before_grant()
                 self._client = self._new_client()
                 lease = await self._client.lease(self.ttl)
                 self.lease_id = lease.id  # known at once, so close() can revoke it
@@ -136,6 +143,8 @@ class HealthLease:
                 await self._client.put(self.key.encode(), value, lease=lease)
                 self.grants += 1
                 self.last_error = None
+                if self._on_renewed is not None:
+                    self._on_renewed()
                 self._transition(LeaseState.HELD, f"lease {lease.id:x}, ttl {self.ttl}s")
                 backoff = 0.2
                 await self._keep_alive(lease.id)
@@ -144,7 +153,7 @@ class HealthLease:
             except (aetcd.ClientError, LeaseLost, TimeoutError, OSError) as exc:
                 self.last_error = exc
                 why = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # noqa: BLE001 - unexpected: logged loudly, then retried
+            except Exception as exc:
                 self.last_error = exc
                 log.exception("etcd lease %s: unexpected failure", self.key)
                 why = f"unexpected {type(exc).__name__}: {exc}"
@@ -161,6 +170,8 @@ class HealthLease:
                                            self.refresh_interval)
             if reply is None or reply.TTL <= 0:
                 raise LeaseLost(f"lease {lease_id:x} expired or was revoked")
+            if self._on_renewed is not None:
+                self._on_renewed()
 
     async def close(self, *, revoke: bool = True, timeout: float = 3.0) -> None:
         """Stops keeping the key and revokes the lease, deleting the key. Idempotent.
@@ -193,5 +204,5 @@ def health_value(host_id: str, address: Callable[[], str]) -> Callable[[], dict]
     """The key's value: host id, agent address and the (UTC, ISO 8601) time of the put."""
     def value() -> dict:
         return {"host_id": host_id, "address": address(),
-                "time": datetime.now(timezone.utc).isoformat()}
+                "time": datetime.now(UTC).isoformat()}
     return value

@@ -60,6 +60,8 @@ class Registrar:
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._registered = asyncio.Event()
+        #: Called with the ids of guests the region places elsewhere (leftover removal).
+        self.on_foreign: Callable[[list[str]], None] | None = None
         self.registrations = 0
         self.last_error: BaseException | None = None
         self.last_response: reg_pb2.RegisterHostResponse | None = None
@@ -141,10 +143,10 @@ class Registrar:
         self.last_response = response
         foreign = {a.server_id for a in response.assignments if not a.placed_here}
         for server_id in sorted(foreign - self.foreign_guests):
-            # Fencing (stopping a guest the region placed elsewhere) is a later
-            # capability; until then the conflict is reported, never acted on.
-            log.warning("region says guest %s running here is not placed on this host", server_id)
+            log.warning("region says guest %s here is not placed on this host", server_id)
         self.foreign_guests = foreign
+        if foreign and self.on_foreign is not None:
+            self.on_foreign(sorted(foreign))
         self._registered.set()
 
     async def stop(self) -> None:

@@ -43,6 +43,7 @@ from .domain.servers import ServerManager
 from .domain.tasks import TaskQueries
 from .etcd_watcher import HealthWatcher
 from .events import Broadcaster
+from .hostdown import wire_hostdown
 from .tasks import SERVER_TASKS, TaskEngine
 from .tasks.deps import TaskDeps
 
@@ -120,6 +121,7 @@ async def start_region(config: RegionConfig) -> Region:
         watcher = HealthWatcher(config.etcd, set_health=hosts.set_health,
                                 sync_health=hosts.sync_health)
         hosts.health = watcher.health_of
+    wire_hostdown(config, db, hosts, watcher, server, lambda: deps.region_address)
     images = ImageManager(db, config.images_dir)
     images.prepare()
     servers = ServerManager(db, engine, agents,

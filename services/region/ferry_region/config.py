@@ -28,6 +28,33 @@ class Timeouts:
     drain: float = 5.0
     #: Reservation lifetime asked of the scheduler.
     reservation_ttl: int = 60
+    #: PrepareIncoming: disks, image download, QEMU -incoming, NBD exports.
+    prepare_incoming: float = 300.0
+    #: Upper bound of a live migration's memory+mirror stage (the agent's own
+    #: completion and stall deadlines normally end it much sooner).
+    live_migrate: float = 3600.0
+
+
+@dataclass(frozen=True)
+class HostDownConfig:
+    """Host-down detection and automatic rescue (issue 6; see `ferry_region.hostdown`)."""
+
+    #: Act on host-down at all (the health status is kept either way).
+    enabled: bool = True
+    #: Seconds after a host's health key vanished in which it may come back.
+    window: float = 10.0
+    #: Deadline of the gRPC health check that confirms the agent does not answer.
+    probe_timeout: float = 2.0
+    #: If more than this share of the hosts expire within `mass_period`, auto-rescue pauses.
+    max_expired_share: float = 0.5
+    #: Seconds over which expiries count as "at once".
+    mass_period: float = 60.0
+    #: Rescues in flight at once, over all down hosts.
+    max_in_flight: int = 4
+    #: Deadline of one rescue (MigrateServer until the task ends).
+    rescue_timeout: float = 300.0
+    #: TTL of the etcd lease behind the leader key (one replica acts on host-down).
+    leader_ttl: int = 6
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,12 @@ class RegionConfig:
     #: Resume RUNNING/ROLLING_BACK tasks at start (tests may turn it off).
     resume_tasks: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: Hard cap of the downtime limit that --quickly-finish may raise to (ms).
+    live_downtime_cap_ms: int = 1000
+    #: A live migration without progress for this long is aborted (s).
+    live_stall_timeout_s: int = 60
+    #: Host-down detection and automatic rescue.
+    hostdown: HostDownConfig = field(default_factory=HostDownConfig)
     #: Grace period of server.stop at shutdown.
     shutdown_grace: float = 3.0
     #: DB worker threads (and connection pool size).

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 import aetcd
-
 from ferry_common.states import StateMachine
 
 from .states import HostHealth
@@ -68,6 +67,11 @@ class HealthWatcher:
         self.last_error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: aetcd.Client | None = None
+        #: Host-down hooks (ferry_region.hostdown): the snapshot of each (re)sync as
+        #: {host_id: create_revision} with its revision, then each event as
+        #: (kind, host_id, create_revision, revision, value). Awaited in order.
+        self.on_snapshot: Callable[[dict[str, int], int], Awaitable[object]] | None = None
+        self.on_event: Callable[[str, str, int, int, bytes], Awaitable[object]] | None = None
 
     # --- the view the registry asks ---
 
@@ -132,10 +136,13 @@ class HealthWatcher:
                                        "grpc.keepalive_permit_without_calls": 1})
         self._client = client
         resp = await client.get_prefix(PREFIX, keys_only=True)
-        present = {kv.key[len(PREFIX):].decode(errors="replace") for kv in resp}
+        keys = {kv.key[len(PREFIX):].decode(errors="replace"): kv.create_revision for kv in resp}
+        present = set(keys)
         revision = resp.header.revision
         watch = await client.watch_prefix(PREFIX, start_revision=revision + 1)
         await self._sync_health(present)
+        if self.on_snapshot is not None:
+            await self.on_snapshot(keys, revision)
         self.online = present
         self.syncs += 1
         self.link.transition(LinkState.SYNCED)
@@ -151,6 +158,9 @@ class HealthWatcher:
                 self.online.discard(host_id)
                 log.info("host %s health key gone: offline", host_id)
                 await self._set_health(host_id, HostHealth.OFFLINE)
+            if self.on_event is not None:
+                await self.on_event(event.kind, host_id, event.kv.create_revision,
+                                    event.kv.mod_revision, event.kv.value or b"")
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None

@@ -18,7 +18,7 @@ from ferry_common.server import run_until_signal, setup_logging
 from ferry_common.telemetry import setup_tracing
 from ferry_common.tls import add_tls_arguments, tls_from_args
 
-from .config import RegionConfig
+from .config import HostDownConfig, RegionConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--refresh-interval", type=int, default=30,
                    help="seconds between agent registrations [30]")
+    p.add_argument("--host-down-window", type=float, default=10.0,
+                   help="seconds a vanished host may come back before it is rescued [10]")
+    p.add_argument("--host-down-max-share", type=float, default=0.5,
+                   help="share of hosts expiring at once that pauses auto-rescue [0.5]")
+    p.add_argument("--host-down-max-in-flight", type=int, default=4,
+                   help="rescues in flight at once [4]")
+    p.add_argument("--no-host-down", action="store_true",
+                   help="do not act on host-down (health status only)")
     add_tls_arguments(p)
     add_tls_arguments(p, prefix="peer-")
     return p
@@ -49,7 +57,11 @@ def config_from_args(args: argparse.Namespace) -> RegionConfig:
                         scheduler=args.scheduler, etcd=args.etcd, advertise=args.advertise,
                         log_level=args.log_level, refresh_interval=args.refresh_interval,
                         tls=server_tls if server_tls.enabled else None,
-                        peer_tls=peer if peer.enabled else None)
+                        peer_tls=peer if peer.enabled else None,
+                        hostdown=HostDownConfig(
+                            enabled=not args.no_host_down, window=args.host_down_window,
+                            max_expired_share=args.host_down_max_share,
+                            max_in_flight=args.host_down_max_in_flight))
 
 
 def tune_gc(threshold: int = 50_000) -> None:

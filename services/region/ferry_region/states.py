@@ -52,20 +52,21 @@ SERVER_TRANSITIONS: Mapping[ServerStatus, frozenset[ServerStatus]] = {
     S.CREATE_FAIL: frozenset({S.DELETING}),
     S.READY: frozenset({S.STARTING, S.DELETING, S.START_MIGRATE, S.RUNNING, S.UNKNOWN}),
     S.STARTING: frozenset({S.RUNNING, S.START_FAIL}),
-    S.START_FAIL: frozenset({S.STARTING, S.STOPPING, S.DELETING}),
+    S.START_FAIL: frozenset({S.STARTING, S.STOPPING, S.DELETING, S.START_MIGRATE}),
+    # running -> start_migrate: only a rescue (the host is down), never a cold migration.
     S.RUNNING: frozenset({S.STOPPING, S.LIVE_MIGRATING, S.SUSPENDED, S.UNKNOWN, S.READY,
-                          S.DELETING}),
+                          S.DELETING, S.START_MIGRATE}),
     S.STOPPING: frozenset({S.READY, S.STOP_FAIL}),
     S.STOP_FAIL: frozenset({S.STOPPING, S.STARTING, S.DELETING}),
     S.DELETING: frozenset({S.DELETE_FAIL}),  # success removes the row
     S.DELETE_FAIL: frozenset({S.DELETING}),
     S.START_MIGRATE: frozenset({S.MIGRATING, S.MIGRATE_FAILED, S.READY}),
-    S.MIGRATING: frozenset({S.READY, S.MIGRATE_FAILED}),
-    S.LIVE_MIGRATING: frozenset({S.RUNNING, S.MIGRATE_FAILED}),
+    S.MIGRATING: frozenset({S.READY, S.MIGRATE_FAILED, S.STARTING}),
+    S.LIVE_MIGRATING: frozenset({S.RUNNING, S.SUSPENDED, S.MIGRATE_FAILED}),
     S.MIGRATE_FAILED: frozenset({S.STARTING, S.STOPPING, S.DELETING, S.START_MIGRATE,
                                  S.LIVE_MIGRATING, S.RUNNING, S.READY}),
-    S.SUSPENDED: frozenset({S.RUNNING, S.STOPPING, S.DELETING, S.UNKNOWN}),
-    S.UNKNOWN: frozenset({S.RUNNING, S.READY, S.STOPPING, S.DELETING}),
+    S.SUSPENDED: frozenset({S.RUNNING, S.STOPPING, S.DELETING, S.UNKNOWN, S.LIVE_MIGRATING}),
+    S.UNKNOWN: frozenset({S.RUNNING, S.READY, S.STOPPING, S.DELETING, S.START_MIGRATE}),
 }
 
 #: Statuses a server only passes through while a task runs.

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -275,3 +276,54 @@ class Task(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+# ---- host down (issue 6): the etcd watch cursor, the health keys seen, incidents ----
+
+from ..hostdown_states import IncidentState
+
+
+class HealthCursor(Base):
+    """The last etcd revision the health watcher processed (one row per watcher)."""
+
+    __tablename__ = "health_cursor"
+
+    name: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HealthKey(Base):
+    """A host's health key as last seen: its create revision names one lease period."""
+
+    __tablename__ = "health_keys"
+
+    host_id: Mapped[str] = mapped_column(String(HOST_ID), primary_key=True)
+    create_revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    present: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: The key's last value announced a shutdown on purpose (the keeper's clean stop).
+    shutdown: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HostDownIncident(Base):
+    """One vanished health key, acted on exactly once (unique host + key revision)."""
+
+    __tablename__ = "host_down_incidents"
+    __table_args__ = (UniqueConstraint("host_id", "key_revision"),
+                      Index("ix_host_down_incidents_state_detected", "state", "detected_at"))
+
+    id: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    host_id: Mapped[str] = mapped_column(String(HOST_ID))
+    #: Create revision of the key that vanished (or the delete revision if never seen).
+    key_revision: Mapped[int] = mapped_column(BigInteger)
+    #: etcd revision at which the region saw it gone.
+    seen_revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[IncidentState] = mapped_column(str_enum(IncidentState))
+    #: "down" (the key expired or vanished) or "shutdown" (announced before it went).
+    kind: Mapped[str] = mapped_column(String(16), default="down")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    #: server id -> {"action": rescue|lost|skipped, "task_id", "outcome"}.
+    results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    detected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

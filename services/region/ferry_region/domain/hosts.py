@@ -200,9 +200,13 @@ class HostRegistry:
 
         placed: dict[str, bool] = {}
         if r.guest_ids:
-            rows = dict(session.execute(select(Server.id, Server.host_id)
-                                        .where(Server.id.in_(r.guest_ids))).all())
-            placed = {g: rows.get(g) == host.id for g in r.guest_ids}
+            rows = {sid: (hid, tid) for sid, hid, tid in session.execute(
+                select(Server.id, Server.host_id, Server.task_id)
+                .where(Server.id.in_(r.guest_ids))).all()}
+            # A server a task holds (a migration in flight) may be on either host for
+            # now: it is not reported, so no agent acts on it mid-move.
+            placed = {g: rows[g][0] == host.id if g in rows else False
+                      for g in r.guest_ids if g not in rows or rows[g][1] is None}
         host = session.scalars(select(Host).where(Host.id == r.host_id).options(*HOST_FULL)
                                .execution_options(populate_existing=True)).one()
         return HostView(host, host_usage(session, [host.id]).get(host.id, Usage())), placed

@@ -1,0 +1,85 @@
+"""More faults: the target agent killed mid-copy, the region restarted mid-copy; and the
+progress line of `server-migrate --wait`."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from ferry_client import TaskFailed
+from ferry_proto.region.v1 import resources_pb2 as rpb
+
+from .conftest import climc, qemu_img, qemu_io, until
+
+pytestmark = [pytest.mark.qemu, pytest.mark.etcd]
+
+MIB = 1024 * 1024
+
+
+def _make(ccluster, cclient, name: str, mb: int, tmp_path: Path):
+    climc(ccluster, "server-create", "--image", cimage_name(), "--mem", "64", "--data-disk",
+          f"{mb * 2}M", "--wait", name)
+    s = cclient.servers.get(name)
+    data = sorted(s.disks, key=lambda d: d.index)[1]
+    qemu_io(data.path, f"write -P 0x5c 0 {mb}M")
+    keep = tmp_path / f"{name}.qcow2"
+    keep.write_bytes(Path(data.path).read_bytes())
+    target = next(h for h in ccluster.hosts if h.host_id != s.host_id)
+    return s, data, keep, target
+
+
+def cimage_name() -> str:
+    return "cold-guest"
+
+
+def test_target_agent_killed_mid_copy(ccluster, cclient, cimage, tmp_path) -> None:
+    s, data, keep, target = _make(ccluster, cclient, "cm-tkill", 40, tmp_path)
+    resp = cclient.migrations.migrate("cm-tkill", prefer_host=target.host_id, max_bandwidth_mb=8)
+    until(lambda: cclient.servers.get("cm-tkill").progress.disk_bytes_done >= 16 * MIB, 60,
+          "16 MiB copied")
+    ccluster.stop_process(target.name, sig=signal.SIGKILL)
+    try:
+        with pytest.raises(TaskFailed):
+            cclient.wait_task(resp.task_id, timeout=60)
+        f = cclient.servers.get("cm-tkill")
+        assert f.status == rpb.SERVER_STATUS_MIGRATE_FAILED and f.host_id == s.host_id
+    finally:
+        ccluster.start_process(target.name)
+        ccluster.wait_hosts_online([target.host_id])
+    qemu_img("compare", "-q", str(keep), data.path)
+    assert not Path(target.local_storage, "disks", f"{data.id}.qcow2").exists()
+    resp = cclient.migrations.migrate("cm-tkill", prefer_host=target.host_id)
+    cclient.wait_task(resp.task_id, timeout=120)
+    t = cclient.servers.get("cm-tkill")
+    assert t.status == rpb.SERVER_STATUS_READY and t.host_id == target.host_id
+    qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
+    climc(ccluster, "server-delete", "--wait", "cm-tkill")
+
+
+def test_region_restarted_mid_copy_task_resumes(ccluster, cclient, cimage, tmp_path) -> None:
+    _s, data, keep, target = _make(ccluster, cclient, "cm-rr", 32, tmp_path)
+    resp = cclient.migrations.migrate("cm-rr", prefer_host=target.host_id, max_bandwidth_mb=8)
+    until(lambda: cclient.servers.get("cm-rr").progress.disk_bytes_done >= 12 * MIB, 60,
+          "12 MiB copied")
+    ccluster.stop_process("region", sig=signal.SIGKILL)
+    ccluster.start_process("region")
+    cclient.wait_task(resp.task_id, timeout=120)
+    t = cclient.servers.get("cm-rr")
+    assert t.status == rpb.SERVER_STATUS_READY and t.host_id == target.host_id
+    qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
+    assert not Path(data.path).exists()
+    climc(ccluster, "server-delete", "--wait", "cm-rr")
+    # Hosts are "ready" after a region restart until their agents re-register (<= 30 s).
+    until(lambda: all(h.status == rpb.HOST_STATUS_RUNNING for h in cclient.hosts.list()), 60,
+          "every agent to re-register")
+
+
+def test_wait_shows_progress(ccluster, cclient, cimage, tmp_path) -> None:
+    s, _data, _keep, _target = _make(ccluster, cclient, "cm-prog", 24, tmp_path)
+    out = climc(ccluster, "server-migrate", "--max-bandwidth-mb", "8", "--wait", "cm-prog")
+    text = out.stdout + out.stderr
+    assert "Progress: copy" in text and "MiB" in text and "MB/s" in text
+    t = cclient.servers.get("cm-prog")
+    assert t.status == rpb.SERVER_STATUS_READY and t.host_id != s.host_id
+    climc(ccluster, "server-delete", "--wait", "cm-prog")
