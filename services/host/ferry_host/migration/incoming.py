@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ferry_common.errors import FailedPrecondition, Internal
@@ -132,6 +133,17 @@ async def finish(agent: Agent, guest_id: str) -> pb.FinishIncomingResponse:
     return pb.FinishIncomingResponse(guest=convert.guest(await agent.guests.get(guest_id)))
 
 
+KEPT_MARKER = "kept-for-debugging"
+
+
+def mark_kept(guest_dir: Path) -> None:
+    (guest_dir / KEPT_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+
+
+def is_kept(guest_dir: Path) -> bool:
+    return (guest_dir / KEPT_MARKER).exists()
+
+
 async def abort(agent: Agent, guest_id: str, keep_guest: bool) -> None:
     await tls.remove(None, guest_id, tls.folder(agent.config.state_dir, guest_id, "server"))
     if not agent.guests.exists(guest_id):
@@ -143,6 +155,9 @@ async def abort(agent: Agent, guest_id: str, keep_guest: bool) -> None:
                                  "incoming guest", state="running", reason="GUEST_RUNNING")
     if keep_guest:
         await agent.guests.stop(guest_id, force=True)
+        # The marker keeps the leftover sweep away from it; the next PrepareIncoming
+        # of this server on this host replaces it, so it never blocks a retry.
+        mark_kept(agent.guests.root / guest_id)
         log.info("guest %s: failed incoming guest kept (stopped) for debugging", guest_id)
         return
     await agent.guests.delete(guest_id, delete_shared_disks=False)

@@ -15,6 +15,7 @@ import logging
 
 from ..guests import Guests
 from ..model import GuestState
+from .incoming import is_kept
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class Leftovers:
 
     async def remove(self, guest_id: str) -> None:
         if not self.guests.exists(guest_id):
+            return
+        if is_kept(self.guests.root / guest_id):
+            # A failed migration target kept on purpose (--keep-dest-guest-on-failed).
+            log.info("guest %s: kept for debugging, not removed", guest_id)
             return
         try:
             view = await self.guests.get(guest_id)
