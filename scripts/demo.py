@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""`make demo`: a 3-host Ferry cluster on this machine with three running test VMs.
+"""`make demo`: a 3-host Ferry cluster on this machine, migrating real test VMs.
 
 Starts etcd, region, scheduler and 3 host agents (ferry-cluster), uploads the
 test guest image, creates three servers that start at once, shows the hosts, the
-servers and the serial console's heartbeats, and leaves the cluster running.
+servers and the serial console's heartbeats, live-migrates one (its heartbeat
+goes on), cold-migrates another, and leaves the cluster running.
 Every step is a `climc` command, printed before it runs.
 """
 
@@ -99,6 +100,21 @@ def main() -> int:
         print(f"demo: no heartbeat from {names[0]} within 60 s; see {args.dir}/hosts/*/state/guests/*/serial.log")
     run([climc, "server-serial-log", "--tail", "5", names[0]], env, check=False)
 
+    banner(f"Where could {names[0]} go live? The forecast names every host and why")
+    run([climc, "server-migrate-forecast", "--live", names[0]], env, check=False)
+
+    banner(f"Live migration of {names[0]}: it keeps running, the heartbeat goes on")
+    run([climc, "server-live-migrate", "--wait", names[0]], env)
+    run([climc, "server-show", names[0]], env)
+    if not heartbeat_seen(climc, env, names[0]):
+        print(f"demo: no heartbeat from {names[0]} after the migration")
+    run([climc, "server-serial-log", "--tail", "3", names[0]], env, check=False)
+
+    banner(f"Cold migration of {names[1]}: stopped, its disks copied host to host, started again")
+    run([climc, "server-stop", "--wait", names[1]], env)
+    run([climc, "server-migrate", "--auto-start", "--wait", names[1]], env)
+    run([climc, "server-list", "--details", "--scope", "system"], env)
+
     banner("The cluster keeps running")
     print(f"""Use it with climc (the region listens on {region}):
 
@@ -107,7 +123,8 @@ def main() -> int:
     climc host-list --hypervisor kvm
     climc server-list --details --scope system
     climc server-serial-log --follow {names[0]}
-    climc server-stop --wait {names[1]}
+    climc server-live-migrate --wait {names[2]}
+    climc server-stop --wait {names[2]} && climc server-migrate --wait {names[2]}
     climc task-list
 
 Processes and logs: .venv/bin/ferry-cluster status --dir {args.dir}   ({args.dir}/logs/*.log)

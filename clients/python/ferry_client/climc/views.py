@@ -16,7 +16,9 @@ from .output import fmt_time
 
 def status_str(server: r.Server) -> str:
     text = enum_to_str(r.ServerStatus, server.status)
-    if server.HasField("progress") and server.progress.phase:
+    # Progress is the latest sample of the running operation; once the task has
+    # ended it stays on the server as a record, but is not the current status.
+    if server.task_id and server.HasField("progress") and server.progress.phase:
         text += f" ({server.progress.phase} {server.progress.percent:.0f}%)"
     return text
 
@@ -97,7 +99,7 @@ def server_fields(s: r.Server, task_id: str = "") -> list[tuple[str, Any]]:
         ("networks", "\n".join(f"nic{n.index} {n.network} {n.mac}".rstrip() for n in s.networks)),
     ]
     if s.HasField("progress"):
-        pairs.append(("progress", progress_line(s.progress)))
+        pairs.append(("progress" if s.task_id else "last_progress", progress_line(s.progress)))
     pairs += [("task_id", s.task_id or task_id), ("created_at", fmt_time(s.created_at)),
               ("updated_at", fmt_time(s.updated_at))]
     return pairs
