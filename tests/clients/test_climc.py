@@ -25,7 +25,8 @@ def sample_server(fake: FakeRegion) -> r.Server:
                r.Disk(id="d1", index=1, storage_id="h1-local", storage_kind=r.STORAGE_KIND_LOCAL,
                       size_mb=1024, format=r.DISK_FORMAT_QCOW2)],
         networks=[r.ServerNetwork(network="net0", mac="52:54:00:00:00:01", index=0)],
-        progress=r.MigrationProgress(phase="memory", percent=42.0, iteration=3, eta_seconds=7))
+        task_id="t-live", progress=r.MigrationProgress(phase="memory", percent=42.0, iteration=3,
+                                                           eta_seconds=7))
 
 
 # -- servers --------------------------------------------------------------------
