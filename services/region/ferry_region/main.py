@@ -45,12 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rescues in flight at once [4]")
     p.add_argument("--no-host-down", action="store_true",
                    help="do not act on host-down (health status only)")
+    p.add_argument("--live-downtime-cap-ms", type=int, default=1000,
+                   help="hard cap of the downtime limit that --quickly-finish may raise to")
+    p.add_argument("--live-stall-timeout", type=int, default=60,
+                   help="abort a live migration after this many seconds without progress")
     add_tls_arguments(p)
     add_tls_arguments(p, prefix="peer-")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RegionConfig:
+    if not 100 <= args.live_downtime_cap_ms <= 60_000:
+        raise SystemExit("ferry-region: --live-downtime-cap-ms must be between 100 and 60000")
+    if not 5 <= args.live_stall_timeout <= 3600:
+        raise SystemExit("ferry-region: --live-stall-timeout must be between 5 and 3600 seconds")
     peer = tls_from_args(args, prefix="peer-")
     server_tls = tls_from_args(args)
     return RegionConfig(listen=args.listen, data_dir=args.data_dir, db_url=args.db_url,
@@ -58,6 +66,8 @@ def config_from_args(args: argparse.Namespace) -> RegionConfig:
                         log_level=args.log_level, refresh_interval=args.refresh_interval,
                         tls=server_tls if server_tls.enabled else None,
                         peer_tls=peer if peer.enabled else None,
+                        live_downtime_cap_ms=args.live_downtime_cap_ms,
+                        live_stall_timeout_s=args.live_stall_timeout,
                         hostdown=HostDownConfig(
                             enabled=not args.no_host_down, window=args.host_down_window,
                             max_expired_share=args.host_down_max_share,
