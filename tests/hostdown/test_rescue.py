@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 import signal
+import sys
 import time
 
 import pytest

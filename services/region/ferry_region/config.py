@@ -55,6 +55,9 @@ class HostDownConfig:
     rescue_timeout: float = 300.0
     #: TTL of the etcd lease behind the leader key (one replica acts on host-down).
     leader_ttl: int = 6
+    #: Seconds after the etcd watch (re)synced before an incident may be confirmed: keepers
+    #: that held off fencing while this region did not see etcd fence within about 1 s.
+    resync_grace: float = 3.0
 
 
 @dataclass(frozen=True)

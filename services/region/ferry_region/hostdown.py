@@ -135,6 +135,8 @@ class HostDown:
         #: Set by `wire_hostdown`: publishes GUARD_SERVICE's status.
         self.publish: Callable[[bool], Any] | None = None
         self._published: bool | None = None
+        #: Monotonic time since when the etcd watch is synced (None: it is not).
+        self._synced_since: float | None = None
         self.last_error: BaseException | None = None
 
     # ---- watcher hooks ---------------------------------------------------------------------
@@ -197,8 +199,12 @@ class HostDown:
                 log.exception("host-down detector: tick failed")
 
     async def _publish(self) -> None:
-        sees_etcd = self.watcher.link.state is LinkState.SYNCED or (
-            self.elector is not None and self.elector.is_leader)
+        # Only a synced watch lets this replica confirm or rescue (see `_confirm`, `_rescue`).
+        sees_etcd = self.watcher.link.state is LinkState.SYNCED
+        if sees_etcd and self._synced_since is None:
+            self._synced_since = time.monotonic()
+        elif not sees_etcd:
+            self._synced_since = None
         if self.publish is not None and sees_etcd != self._published:
             await self.publish(sees_etcd)
             self._published = sees_etcd
@@ -246,7 +252,13 @@ class HostDown:
 
     async def _confirm(self, iid: str, host_id: str, detected_at: dt.datetime,
                        kind: str = "down") -> None:
-        if self.watcher.link.state is not LinkState.SYNCED:
+        synced_for = time.monotonic() - self._synced_since if self._synced_since else -1.0
+        if self.watcher.link.state is LinkState.SYNCED and 0 <= synced_for < \
+                self.config.resync_grace:
+            # Just resynced: keepers that held off fencing (they were told this region did not
+            # see etcd) get time to learn it does again, and fence, before anything is confirmed.
+            return
+        if self.watcher.link.state is not LinkState.SYNCED or synced_for < 0:
             if iid not in self._held_logged:
                 self._held_logged.add(iid)
                 log.warning("host-down incident %s (host %s): etcd link is %s; holding "

@@ -83,7 +83,7 @@ class Elector:
         client, self._client = self._client, None
         if client is not None:
             try:
-                await client.close()
+                await asyncio.wait_for(client.close(), 3)  # close can hang on a broken channel
             except Exception:
                 log.debug("closing the etcd client failed", exc_info=True)
 
@@ -104,5 +104,8 @@ class Elector:
             except Exception:
                 log.debug("revoking the leader lease failed", exc_info=True)
             finally:
-                await client.close()
+                try:
+                    await asyncio.wait_for(client.close(), 3)
+                except Exception:  # throwing the channel away
+                    log.debug("closing the etcd client failed", exc_info=True)
         await self._close()

@@ -211,7 +211,10 @@ class HealthKeeper:
             log.warning("health keeper %s: could not announce the shutdown (%s); the lease "
                         "expires within %ss", self.config.host_id, exc, self.config.lease_ttl)
         finally:
-            await client.close()
+            try:
+                await asyncio.wait_for(client.close(), 3)
+            except Exception:  # throwing the channel away
+                log.debug("closing the etcd client failed", exc_info=True)
 
     async def stop(self, *, revoke: bool = True) -> None:
         if self._watchdog is not None:
