@@ -71,7 +71,9 @@ def test_host_cut_off_fences_its_shared_guests_before_the_window_ends(hd_cluster
     print(f"fenced {fenced_after:.2f}s after the cut (deadline {FENCE_AFTER}s, "
           f"key expiry {TTL}s, rescue not before {TTL + WINDOW}s)")
     assert fenced_after < TTL + WINDOW
-    assert fenced_after < FENCE_AFTER + 1.5
+    # The region keeps answering SERVING (it sees etcd): the keeper fences by its
+    # last chance, 0.9 x TTL, still before the key expires.
+    assert fenced_after < max(FENCE_AFTER, 0.9 * TTL) + 1.0
     assert "no lease renewal" in record["reason"]
     results = json.loads(inc["results"])
     assert results[sid]["outcome"] == "succeeded", results

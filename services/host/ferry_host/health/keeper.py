@@ -64,6 +64,14 @@ class KeeperConfig:
     def fence_deadline(self) -> float:
         return self.fence_after if self.fence_after is not None else self.lease_ttl * 0.6
 
+    @property
+    def last_chance(self) -> float:
+        """Latest moment (seconds without renewal) to fence while a region still
+        answers SERVING: that answer may be a moment stale (the region has not yet
+        noticed that etcd died), so the keeper gives it until here, still before
+        the key expires (TTL) and long before the region may rescue (TTL + window)."""
+        return max(self.fence_deadline, self.lease_ttl * 0.9)
+
 
 GUARD_SERVICE = "ferry.region.v1.HostDownGuard"  # ferry_region.hostdown.GUARD_SERVICE
 
@@ -119,22 +127,32 @@ class HealthKeeper:
         """Seconds past the fencing deadline (negative: still within it)."""
         return time.monotonic() - self.last_renewed - self.config.fence_deadline
 
-    async def regions_hold(self) -> bool:
+    async def regions_hold(self) -> bool | None:
         """True if every known region answers that it does not see etcd either.
 
         Then etcd is down for everyone and nobody can rescue this host's guests:
-        fencing would only turn an etcd outage into an outage of every guest. Any
-        other answer (SERVING, an error, no answer) means fence.
+        fencing would only turn an etcd outage into an outage of every guest.
+        An error or no answer from any region means fence (False). None: every
+        region answered and some still say SERVING - fence, but that answer may
+        be stale, so the caller may wait until `last_chance`.
         """
         if not self.config.regions:
             return False
         answers = await asyncio.gather(*(_guard_status(a, self.config.region_timeout)
                                          for a in self.config.regions))
-        return all(a == "NOT_SERVING" for a in answers)
+        if all(a == "NOT_SERVING" for a in answers):
+            return True
+        if all(a in ("NOT_SERVING", "SERVING") for a in answers):
+            return None
+        return False
 
     async def _check_overdue(self) -> None:
         if self.overdue() > 0 and self.fenced_at is None:
-            if await self.regions_hold():
+            hold = await self.regions_hold()
+            age = time.monotonic() - self.last_renewed
+            if hold is None and age < self.config.last_chance:
+                return  # ask again at the next check
+            if hold:
                 if not self._holding:
                     self._holding = True
                     log.warning("health keeper %s: no lease renewal for %.1fs, but no region "
