@@ -5,39 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ferry_proto.region.v1 import resources_pb2
-
 from .context import Context
 from .parser import Registry, add_help_flag, non_negative_int, positive_int
-from .views import server_fields
+from .views import progress_line, server_fields
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1048576:.0f}MB"
-
-
-def progress_line(p: resources_pb2.MigrationProgress) -> str:
-    parts = [f"{p.phase or 'starting':<10} {p.percent:5.1f}%"]
-    if p.disk_bytes_total:
-        parts.append(f"disk {_mb(p.disk_bytes_done)}/{_mb(p.disk_bytes_total)}")
-    if p.memory_bytes_total:
-        parts.append(f"mem {_mb(p.memory_bytes_transferred)} sent, "
-                     f"{_mb(p.memory_bytes_remaining)} left of {_mb(p.memory_bytes_total)}")
-    if p.iteration:
-        parts.append(f"round {p.iteration}")
-    if p.dirty_pages_rate:
-        parts.append(f"dirty {p.dirty_pages_rate} pages/s")
-    if p.throughput_mbps:
-        parts.append(f"{p.throughput_mbps:.0f} Mbit/s")
-    if p.downtime_limit_ms:
-        parts.append(f"downtime limit {p.downtime_limit_ms}ms")
-    if p.expected_downtime_ms:
-        parts.append(f"expected {p.expected_downtime_ms}ms")
-    if p.cpu_throttle_percent:
-        parts.append(f"throttle {p.cpu_throttle_percent}%")
-    if p.eta_seconds >= 0 and p.phase in ("memory", "mirror"):
-        parts.append(f"ETA {p.eta_seconds}s")
-    return "  ".join(parts)
 
 
 def follow(ctx: Context, ident: str, task_id: str) -> int:
