@@ -10,8 +10,6 @@ from .parser import Registry, add_help_flag, non_negative_int, positive_int
 from .views import progress_line, server_fields
 
 
-
-
 def follow(ctx: Context, ident: str, task_id: str) -> int:
     """Shows a live progress line until the task ends; then downtime and total time."""
     tty = sys.stdout.isatty() and not ctx.out.json
