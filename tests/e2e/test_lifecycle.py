@@ -5,44 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ferry_client import Aborted, InvalidArgument, NotFound
+from helpers import climc, heartbeat_numbers, until
 from ferry_host.testguest.build import build_image
 
 pytestmark = [pytest.mark.qemu, pytest.mark.etcd]
 
-CLIMC = str(Path(sys.executable).parent / "climc")
-HB = re.compile(r"FERRY-HB (\d+)")
-
-
-def climc(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FERRY_REGION": cluster.region_address}
-    proc = subprocess.run([CLIMC, *args], env=env, capture_output=True, text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"climc {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc
 
 
 def heartbeats(lines: list[str]) -> list[int]:
-    return [int(m.group(1)) for line in lines if (m := HB.search(line))]
-
-
-def until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return heartbeat_numbers(lines)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from helpers import until as poll_until
 from ferry_host.testguest.build import build_image
 
 TTL = 4
@@ -101,13 +102,7 @@ class DoubleRunMonitor:
 
 
 def until(pred: Callable, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return poll_until(pred, timeout, what, interval)
 
 
 def incidents(cluster, host_id: str | None = None) -> list[dict]:

@@ -6,14 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from fixtures.cluster import region_client, start_cluster
-
-CLIMC = str(Path(sys.executable).parent / "climc")
+from helpers import climc, until  # noqa: F401 - used here and imported by the tests
 
 
 @pytest.fixture(scope="session")
@@ -45,25 +41,6 @@ def cimage(ccluster, tmp_path_factory) -> str:
     path = build_image(tmp_path_factory.mktemp("img") / "guest.img", dirty_mb=2)
     climc(ccluster, "image-create", "--file", str(path), "cold-guest")
     return "cold-guest"
-
-
-def climc(cluster, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FERRY_REGION": cluster.region_address}
-    proc = subprocess.run([CLIMC, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"climc {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc
-
-
-def until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def qemu_img(*args: str) -> str:

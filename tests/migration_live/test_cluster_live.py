@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,38 +24,16 @@ from ferry_host.testguest.build import build_image
 from ferry_proto.host.v1 import agent_pb2, agent_pb2_grpc
 from ferry_proto.region.v1 import resources_pb2
 from fixtures.cluster import region_client, start_cluster
+from helpers import climc, heartbeat_numbers, until
 
 pytestmark = [pytest.mark.qemu, pytest.mark.etcd]
 
-CLIMC = str(Path(sys.executable).parent / "climc")
-HB = re.compile(r"FERRY-HB (\d+)")
 RUNNING = resources_pb2.SERVER_STATUS_RUNNING
 MIGRATE_FAILED = resources_pb2.SERVER_STATUS_MIGRATE_FAILED
 
 
-def climc(cl, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FERRY_REGION": cl.region_address}
-    proc = subprocess.run([CLIMC, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"climc {' '.join(args)} exited {proc.returncode}: "
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def heartbeats(client, name: str) -> list[int]:
-    return [int(m.group(1)) for line in client.servers.serial_log(name, 20)
-            if (m := HB.search(line))]
+    return heartbeat_numbers(client.servers.serial_log(name, 20))
 
 
 def guest_ids(host) -> list[str]:

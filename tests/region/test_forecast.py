@@ -4,11 +4,11 @@ region's WatchHosts as in production."""
 
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 
 import grpc
 import pytest
+from helpers import free_port
 from ferry_common.errors import error_info
 from ferry_proto.region.v1 import migration_service_pb2 as mpb
 from ferry_proto.region.v1 import migration_service_pb2_grpc
@@ -20,12 +20,6 @@ from .conftest import Env
 from .fakes import serve_agent
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
+from helpers import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry_proto.region.v1 import registry_service_pb2_grpc
@@ -21,12 +21,6 @@ from ferry_proto.region.v1 import task_service_pb2_grpc
 
 from .conftest import Env, poll
 from .fakes import serve_agent, serve_scheduler
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RegionProcess:
