@@ -9,7 +9,6 @@ FAILED_PRECONDITION naming the status), then hands the task to the engine.
 from __future__ import annotations
 
 import contextlib
-import copy
 import secrets
 import uuid
 from collections.abc import AsyncGenerator
@@ -22,7 +21,6 @@ from sqlalchemy.orm import Session
 from ferry_common.errors import (
     AlreadyExists,
     FailedPrecondition,
-    FerryError,
     InvalidArgument,
     NotFound,
 )
@@ -199,7 +197,10 @@ class ServerManager:
                 raise AlreadyExists("server", spec.name) from exc
             raise
         self.engine.launch(task_id)
-        await self._await_schedule(task_id, server_id)
+        # Waits for placement so that NO_CAPACITY (with the per-host reasons) reaches
+        # the caller directly; the server then stays in sched_fail for inspection.
+        await self.engine.raise_early_failure(task_id, server_id, ("schedule",), "sched_fail",
+                                              self.schedule_wait)
         return await self.db.query(reads.get_server, server_id), task_id
 
     def _create_tx(self, session: Session, spec: CreateServerSpec, server_id: str,
@@ -244,28 +245,6 @@ class ServerManager:
         session.flush()
         insert_task(session, TaskKind.SERVER_CREATE, server_id, ServerCreateTask.FIRST,
                     {"auto_start": spec.auto_start, "prefer_host": prefer}, task_id=task_id)
-
-    async def _await_schedule(self, task_id: str, server_id: str) -> None:
-        """Waits for placement so that NO_CAPACITY (with the per-host reasons) reaches
-        the caller directly; the server then stays in sched_fail for inspection."""
-        try:
-            snap = await self.engine.wait(task_id, lambda s: s.stage != "schedule",
-                                          timeout=self.schedule_wait)
-        except TimeoutError:
-            return
-        if snap.data.get("failed_stage") != "schedule":
-            return
-        try:  # let the rollback finish so the server is in its final status
-            await self.engine.wait(task_id, timeout=self.schedule_wait)
-        except TimeoutError:
-            pass
-        exc = self.engine.failure(task_id)
-        if not isinstance(exc, FerryError):
-            return
-        err = copy.copy(exc)
-        err.metadata = {**exc.metadata, "server_id": server_id, "task_id": task_id}
-        err.message = f"{exc.message} (server {server_id} is sched_fail; task {task_id})"
-        raise err
 
     # --- start / stop / delete ---
 

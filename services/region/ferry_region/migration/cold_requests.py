@@ -8,7 +8,6 @@ caller directly.
 
 from __future__ import annotations
 
-import copy
 import uuid
 from dataclasses import dataclass
 
@@ -86,28 +85,9 @@ class ColdMigrations:
         task_id = str(uuid.uuid4())
         server_id = await self.db.write(_take, ident, opts, task_id)
         self.engine.launch(task_id)
-        await self._await_schedule(task_id, server_id)
+        await self.engine.raise_early_failure(task_id, server_id, ("queued", "schedule"),
+                                              "migrate_failed", self.schedule_wait)
         return await self.db.query(reads.get_server, server_id), task_id
-
-    async def _await_schedule(self, task_id: str, server_id: str) -> None:
-        try:
-            snap = await self.engine.wait(task_id, lambda s: s.stage not in ("queued", "schedule"),
-                                          timeout=self.schedule_wait)
-        except TimeoutError:
-            return
-        if snap.data.get("failed_stage") not in ("queued", "schedule"):
-            return
-        try:
-            await self.engine.wait(task_id, timeout=self.schedule_wait)
-        except TimeoutError:
-            pass
-        exc = self.engine.failure(task_id)
-        if not isinstance(exc, FerryError):
-            return
-        err = copy.copy(exc)
-        err.metadata = {**exc.metadata, "server_id": server_id, "task_id": task_id}
-        err.message = f"{exc.message} (server {server_id} is migrate_failed; task {task_id})"
-        raise err
 
     async def migrate_many(self, idents: list[str], source_host: str,
                            opts: MigrateOptions) -> list[BatchResult]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -262,6 +263,30 @@ class TaskEngine:
                 if remaining <= 0:
                     raise TimeoutError(f"task {task_id} still {snap.state}/{snap.stage}")
                 await sub.next(timeout=min(remaining, 1.0))
+
+    async def raise_early_failure(self, task_id: str, server_id: str, stages: Iterable[str],
+                                  status: str, timeout: float) -> None:
+        """Waits until the task has left `stages`; if it failed there, waits for its
+        rollback and re-raises that failure (e.g. NO_CAPACITY with the per-host reasons)
+        to the caller of the request, naming the server, its status and the task."""
+        early = frozenset(stages)
+        try:
+            snap = await self.wait(task_id, lambda s: s.stage not in early, timeout=timeout)
+        except TimeoutError:
+            return
+        if snap.data.get("failed_stage") not in early:
+            return
+        try:  # let the rollback finish so the server is in its final status
+            await self.wait(task_id, timeout=timeout)
+        except TimeoutError:
+            pass
+        exc = self.failure(task_id)
+        if not isinstance(exc, FerryError):
+            return
+        err = copy.copy(exc)
+        err.metadata = {**exc.metadata, "server_id": server_id, "task_id": task_id}
+        err.message = f"{exc.message} (server {server_id} is {status}; task {task_id})"
+        raise err
 
     # --- shutdown ---
 
