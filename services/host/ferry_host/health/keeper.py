@@ -159,7 +159,16 @@ class HealthKeeper:
                                 "sees etcd either (etcd down for everyone): not fencing",
                                 self.config.host_id, time.monotonic() - self.last_renewed)
                 return
-            self._holding = False
+            if self._holding:
+                # The outage everyone saw is over and a region sees etcd again, a moment
+                # before this keeper could renew. Its key expired during the outage, so
+                # the region only acts after its window: restart the fencing deadline and
+                # fence only if this host still cannot renew within it.
+                self._holding = False
+                self.last_renewed = time.monotonic()
+                log.warning("health keeper %s: regions see etcd again; renewing, fencing "
+                            "deadline restarted", self.config.host_id)
+                return
             await self.fence(f"no lease renewal for {time.monotonic() - self.last_renewed:.1f}s "
                              f"(fencing deadline {self.config.fence_deadline:.1f}s)")
 
