@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import ssl
+
 import grpc
 
 
@@ -36,6 +38,27 @@ class TlsConfig:
         key = self.key_file.read_bytes() if self.key_file else None
         cert = self.cert_file.read_bytes() if self.cert_file else None
         return grpc.ssl_channel_credentials(ca, key, cert)
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """The same policy for a raw TLS socket (the cold copy's data channel)."""
+        if self.cert_file is None or self.key_file is None:
+            raise ValueError("TLS server needs both a certificate and a key")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.ca_file is not None:
+            ctx.load_verify_locations(self.ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.ca_file is not None:
+            ctx.load_verify_locations(self.ca_file)
+        else:
+            ctx.load_default_certs()
+        if self.cert_file is not None and self.key_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
 
 
 def add_tls_arguments(parser, prefix: str = "") -> None:

@@ -26,6 +26,7 @@ from .guests import Guests
 from .health.fence import fenced_guests
 from .imagecache import ImageCache
 from .lease import HealthLease, health_value
+from .migration.exporter import DataServer, Exports
 from .migration.leftovers import Leftovers
 from .migration.reconcile import start_reconciler
 from .migration_servicer import MigrationAgentServicer
@@ -49,6 +50,8 @@ class Agent:
     server: ServiceServer
     adopted: list[str] = field(default_factory=list)
     address: str = ""
+    exports: Exports = field(default_factory=Exports)
+    data_address: str = ""
     lease: HealthLease | None = None
     registrar: Registrar | None = None
 
@@ -115,6 +118,17 @@ async def start_agent(config: AgentConfig) -> Agent:
         await driver.detach_all()
         raise
     agent.address = config.advertised(port)
+    data_host = config.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"  # noqa: S104
+    data = DataServer(data_host, config.data_port, agent.exports, config.state_dir,
+                      tls=config.tls.server_ssl_context() if config.tls and config.tls.enabled
+                      else None)
+    try:
+        agent.data_address = config.advertised_data(data.start())
+    except OSError:
+        await server.stop(0)
+        await driver.detach_all()
+        raise
+    server.on_shutdown("close the data channel", data.stop)
     if config.region:
         agent.registrar = Registrar(config.region, agent.register_request,
                                     peer_tls=config.peer_tls,

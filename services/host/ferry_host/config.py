@@ -25,6 +25,9 @@ class AgentConfig:
     local_storage: Path
     listen: str = "127.0.0.11:7720"
     advertise: str | None = None
+    #: TCP port of the cold copy's data channel, on the listen address; 0 = any free port
+    #: (it is handed to peers with each ExportDisk answer).
+    data_port: int = 0
     region: str | None = "127.0.0.1:7700"
     etcd: str | None = "127.0.0.1:2379"
     shared_storage: Path | None = None
@@ -55,6 +58,11 @@ class AgentConfig:
     @property
     def local_storage_id(self) -> str:
         return f"{self.host_id}-local"
+
+    def advertised_data(self, bound_port: int) -> str:
+        """host:port of the data channel: the advertised host with the data port."""
+        host, _, _ = self.advertised(1).rpartition(":")
+        return f"{host}:{bound_port}"
 
     def advertised(self, bound_port: int) -> str:
         """host:port peers use to reach this agent, once the port is known."""

@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host-id", required=True, help="stable host id")
     p.add_argument("--name", default=None, help="host name [= host id]")
     p.add_argument("--listen", default="127.0.0.11:7720", help="gRPC bind address [%(default)s]")
+    p.add_argument("--data-port", type=int, default=0,
+                   help="TCP port of the cold-migration data channel on the listen address; "
+                        "0 picks a free one [%(default)s]")
     p.add_argument("--advertise", default=None,
                    help="address the region and peers use to reach this agent [= listen]")
     p.add_argument("--region", default="127.0.0.1:7700", help="region address [%(default)s]")
@@ -55,6 +58,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         state_dir=args.state_dir,
         local_storage=args.local_storage,
         listen=args.listen,
+        data_port=args.data_port,
         advertise=args.advertise,
         region=args.region or None,
         etcd=args.etcd or None,

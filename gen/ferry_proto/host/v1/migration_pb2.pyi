@@ -616,46 +616,34 @@ class CleanupSourceResponse(_message.Message):
 Global___CleanupSourceResponse: _TypeAlias = CleanupSourceResponse  # noqa: Y015
 
 @_typing.final
-class ReadDiskRequest(_message.Message):
-    """ReadDiskRequest asks for one disk's data."""
+class ExportDiskRequest(_message.Message):
+    """ExportDiskRequest names one local disk of a stopped guest."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     GUEST_ID_FIELD_NUMBER: _builtins.int
     DISK_ID_FIELD_NUMBER: _builtins.int
-    OFFSET_FIELD_NUMBER: _builtins.int
-    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
-    MAX_BANDWIDTH_MB_FIELD_NUMBER: _builtins.int
     guest_id: _builtins.str
     """Server id."""
     disk_id: _builtins.str
     """Disk id."""
-    offset: _builtins.int
-    """First byte offset to send (resume point)."""
-    chunk_size: _builtins.int
-    """Chunk size in bytes, 64 KiB to 8 MiB; 0 means 4 MiB."""
-    max_bandwidth_mb: _builtins.int
-    """Bandwidth cap in MB/s; 0 means unlimited."""
     def __init__(
         self,
         *,
         guest_id: _builtins.str = ...,
         disk_id: _builtins.str = ...,
-        offset: _builtins.int = ...,
-        chunk_size: _builtins.int = ...,
-        max_bandwidth_mb: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "disk_id", b"disk_id", "guest_id", b"guest_id", "max_bandwidth_mb", b"max_bandwidth_mb", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_id", b"disk_id", "guest_id", b"guest_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ReadDiskRequest: _TypeAlias = ReadDiskRequest  # noqa: Y015
+Global___ExportDiskRequest: _TypeAlias = ExportDiskRequest  # noqa: Y015
 
 @_typing.final
 class DiskLayout(_message.Message):
-    """DiskLayout describes the disk file, sent first."""
+    """DiskLayout describes the disk file as the source holds it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -664,6 +652,7 @@ class DiskLayout(_message.Message):
     BACKING_IMAGE_ID_FIELD_NUMBER: _builtins.int
     DATA_BYTES_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
+    FILE_SIZE_FIELD_NUMBER: _builtins.int
     virtual_size: _builtins.int
     """Virtual size in bytes."""
     format: _builtins.str
@@ -671,9 +660,11 @@ class DiskLayout(_message.Message):
     backing_image_id: _builtins.str
     """Image id of the backing file, empty when none."""
     data_bytes: _builtins.int
-    """Bytes the source will send (allocated data in this layer)."""
+    """Bytes the source will send: the allocated ranges of the file."""
     fingerprint: _builtins.str
-    """Identity of the source layer (allocation map, size, mtime); a resume needs the same one."""
+    """Identity of the source file (inode, size, times, allocation map); a resume needs the same one."""
+    file_size: _builtins.int
+    """Size of the disk file in bytes (the copy has the same size, with holes where the source has them)."""
     def __init__(
         self,
         *,
@@ -682,58 +673,55 @@ class DiskLayout(_message.Message):
         backing_image_id: _builtins.str = ...,
         data_bytes: _builtins.int = ...,
         fingerprint: _builtins.str = ...,
+        file_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing_image_id", b"backing_image_id", "data_bytes", b"data_bytes", "fingerprint", b"fingerprint", "format", b"format", "virtual_size", b"virtual_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing_image_id", b"backing_image_id", "data_bytes", b"data_bytes", "file_size", b"file_size", "fingerprint", b"fingerprint", "format", b"format", "virtual_size", b"virtual_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiskLayout: _TypeAlias = DiskLayout  # noqa: Y015
 
 @_typing.final
-class ReadDiskResponse(_message.Message):
-    """ReadDiskResponse is the layout or one chunk."""
+class ExportDiskResponse(_message.Message):
+    """ExportDiskResponse tells the target where and how to fetch the disk's data."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LAYOUT_FIELD_NUMBER: _builtins.int
-    OFFSET_FIELD_NUMBER: _builtins.int
-    LENGTH_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
-    ZERO_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
-    offset: _builtins.int
-    """Guest offset of this chunk."""
-    length: _builtins.int
-    """Length of the range this chunk covers."""
-    data: _builtins.bytes
-    """The data; empty when the range reads as zeros."""
-    zero: _builtins.bool
-    """True when the range reads as zeros and is not sent."""
-    sha256: _builtins.str
-    """SHA-256 of the range's bytes (of zeros for a zero range), hex."""
+    DATA_ADDRESS_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    TICKET_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    CHECKSUM_FIELD_NUMBER: _builtins.int
+    data_address: _builtins.str
+    """host:port of the source agent's data channel (raw TCP, TLS when the agent serves TLS)."""
+    ticket: _builtins.bytes
+    """One-time ticket to present on the data channel; valid for ticket_ttl_seconds."""
+    ticket_ttl_seconds: _builtins.int
+    """How long the ticket stays valid."""
+    checksum: _builtins.str
+    """Checksum of every chunk on the data channel ("xxh3-128")."""
     @_builtins.property
     def layout(self) -> Global___DiskLayout:
-        """The layout, in the first message only."""
+        """The disk file."""
 
     def __init__(
         self,
         *,
         layout: Global___DiskLayout | None = ...,
-        offset: _builtins.int = ...,
-        length: _builtins.int = ...,
-        data: _builtins.bytes = ...,
-        zero: _builtins.bool = ...,
-        sha256: _builtins.str = ...,
+        data_address: _builtins.str = ...,
+        ticket: _builtins.bytes = ...,
+        ticket_ttl_seconds: _builtins.int = ...,
+        checksum: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["layout", b"layout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "layout", b"layout", "length", b"length", "offset", b"offset", "sha256", b"sha256", "zero", b"zero"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "data_address", b"data_address", "layout", b"layout", "ticket", b"ticket", "ticket_ttl_seconds", b"ticket_ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ReadDiskResponse: _TypeAlias = ReadDiskResponse  # noqa: Y015
+Global___ExportDiskResponse: _TypeAlias = ExportDiskResponse  # noqa: Y015
 
 @_typing.final
 class DiskCopy(_message.Message):

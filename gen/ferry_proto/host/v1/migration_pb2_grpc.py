@@ -30,7 +30,7 @@ class MigrationAgentServiceStub:
     it: live migration calls PrepareIncoming on the target, MigrateGuest on the
     source, then FinishIncoming and CleanupSource (or AbortIncoming on failure);
     cold migration calls PullDisks on the target, which reads the source's
-    disks through ReadDisk. Every call is idempotent.
+    disks through ExportDisk and the source's data channel. Every call is idempotent.
     """
 
     def __init__(self, channel):
@@ -74,10 +74,10 @@ class MigrationAgentServiceStub:
                 request_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.CleanupSourceRequest.SerializeToString,
                 response_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.CleanupSourceResponse.FromString,
                 _registered_method=True)
-        self.ReadDisk = channel.unary_stream(
-                '/ferry.host.v1.MigrationAgentService/ReadDisk',
-                request_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.ReadDiskRequest.SerializeToString,
-                response_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.ReadDiskResponse.FromString,
+        self.ExportDisk = channel.unary_unary(
+                '/ferry.host.v1.MigrationAgentService/ExportDisk',
+                request_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.ExportDiskRequest.SerializeToString,
+                response_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.ExportDiskResponse.FromString,
                 _registered_method=True)
         self.PullDisks = channel.unary_stream(
                 '/ferry.host.v1.MigrationAgentService/PullDisks',
@@ -91,7 +91,7 @@ class MigrationAgentServiceServicer:
     it: live migration calls PrepareIncoming on the target, MigrateGuest on the
     source, then FinishIncoming and CleanupSource (or AbortIncoming on failure);
     cold migration calls PullDisks on the target, which reads the source's
-    disks through ReadDisk. Every call is idempotent.
+    disks through ExportDisk and the source's data channel. Every call is idempotent.
     """
 
     def PrepareIncoming(self, request, context):
@@ -143,8 +143,9 @@ class MigrationAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ReadDisk(self, request, context):
-        """Source: streams the allocated data of one local disk from an offset, each chunk checksummed.
+    def ExportDisk(self, request, context):
+        """Source: offers one local disk of a stopped guest on the data channel: its layout,
+        and a one-time ticket the target presents there to receive the disk's data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,10 +196,10 @@ def add_MigrationAgentServiceServicer_to_server(servicer, server):
                     request_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.CleanupSourceRequest.FromString,
                     response_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.CleanupSourceResponse.SerializeToString,
             ),
-            'ReadDisk': grpc.unary_stream_rpc_method_handler(
-                    servicer.ReadDisk,
-                    request_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.ReadDiskRequest.FromString,
-                    response_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.ReadDiskResponse.SerializeToString,
+            'ExportDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportDisk,
+                    request_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.ExportDiskRequest.FromString,
+                    response_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.ExportDiskResponse.SerializeToString,
             ),
             'PullDisks': grpc.unary_stream_rpc_method_handler(
                     servicer.PullDisks,
@@ -218,7 +219,7 @@ class MigrationAgentService:
     it: live migration calls PrepareIncoming on the target, MigrateGuest on the
     source, then FinishIncoming and CleanupSource (or AbortIncoming on failure);
     cold migration calls PullDisks on the target, which reads the source's
-    disks through ReadDisk. Every call is idempotent.
+    disks through ExportDisk and the source's data channel. Every call is idempotent.
     """
 
     @staticmethod
@@ -411,7 +412,7 @@ class MigrationAgentService:
             _registered_method=True)
 
     @staticmethod
-    def ReadDisk(request,
+    def ExportDisk(request,
             target,
             options=(),
             channel_credentials=None,
@@ -421,12 +422,12 @@ class MigrationAgentService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
+        return grpc.experimental.unary_unary(
             request,
             target,
-            '/ferry.host.v1.MigrationAgentService/ReadDisk',
-            ferry_dot_host_dot_v1_dot_migration__pb2.ReadDiskRequest.SerializeToString,
-            ferry_dot_host_dot_v1_dot_migration__pb2.ReadDiskResponse.FromString,
+            '/ferry.host.v1.MigrationAgentService/ExportDisk',
+            ferry_dot_host_dot_v1_dot_migration__pb2.ExportDiskRequest.SerializeToString,
+            ferry_dot_host_dot_v1_dot_migration__pb2.ExportDiskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,7 +31,7 @@ class MigrationAgentServiceStub:
     it: live migration calls PrepareIncoming on the target, MigrateGuest on the
     source, then FinishIncoming and CleanupSource (or AbortIncoming on failure);
     cold migration calls PullDisks on the target, which reads the source's
-    disks through ReadDisk. Every call is idempotent.
+    disks through ExportDisk and the source's data channel. Every call is idempotent.
     """
 
     @_typing.overload
@@ -52,8 +52,10 @@ class MigrationAgentServiceStub:
     """Target: removes a failed incoming guest (process, exports, disks) unless asked to keep it."""
     CleanupSource: _grpc.UnaryUnaryMultiCallable[_migration_pb2.CleanupSourceRequest, _migration_pb2.CleanupSourceResponse]
     """Source: after a successful migration, stops the old QEMU and removes local disks and leftovers."""
-    ReadDisk: _grpc.UnaryStreamMultiCallable[_migration_pb2.ReadDiskRequest, _migration_pb2.ReadDiskResponse]
-    """Source: streams the allocated data of one local disk from an offset, each chunk checksummed."""
+    ExportDisk: _grpc.UnaryUnaryMultiCallable[_migration_pb2.ExportDiskRequest, _migration_pb2.ExportDiskResponse]
+    """Source: offers one local disk of a stopped guest on the data channel: its layout,
+    and a one-time ticket the target presents there to receive the disk's data.
+    """
     PullDisks: _grpc.UnaryStreamMultiCallable[_migration_pb2.PullDisksRequest, _migration_pb2.PullDisksResponse]
     """Target: copies a stopped guest's local disks from the source host, resuming from verified chunks."""
 
@@ -63,7 +65,7 @@ class MigrationAgentServiceAsyncStub(MigrationAgentServiceStub):
     it: live migration calls PrepareIncoming on the target, MigrateGuest on the
     source, then FinishIncoming and CleanupSource (or AbortIncoming on failure);
     cold migration calls PullDisks on the target, which reads the source's
-    disks through ReadDisk. Every call is idempotent.
+    disks through ExportDisk and the source's data channel. Every call is idempotent.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,8 +83,10 @@ class MigrationAgentServiceAsyncStub(MigrationAgentServiceStub):
     """Target: removes a failed incoming guest (process, exports, disks) unless asked to keep it."""
     CleanupSource: _aio.UnaryUnaryMultiCallable[_migration_pb2.CleanupSourceRequest, _migration_pb2.CleanupSourceResponse]  # type: ignore[assignment]
     """Source: after a successful migration, stops the old QEMU and removes local disks and leftovers."""
-    ReadDisk: _aio.UnaryStreamMultiCallable[_migration_pb2.ReadDiskRequest, _migration_pb2.ReadDiskResponse]  # type: ignore[assignment]
-    """Source: streams the allocated data of one local disk from an offset, each chunk checksummed."""
+    ExportDisk: _aio.UnaryUnaryMultiCallable[_migration_pb2.ExportDiskRequest, _migration_pb2.ExportDiskResponse]  # type: ignore[assignment]
+    """Source: offers one local disk of a stopped guest on the data channel: its layout,
+    and a one-time ticket the target presents there to receive the disk's data.
+    """
     PullDisks: _aio.UnaryStreamMultiCallable[_migration_pb2.PullDisksRequest, _migration_pb2.PullDisksResponse]  # type: ignore[assignment]
     """Target: copies a stopped guest's local disks from the source host, resuming from verified chunks."""
 
@@ -91,7 +95,7 @@ class MigrationAgentServiceServicer(metaclass=_abc_1.ABCMeta):
     it: live migration calls PrepareIncoming on the target, MigrateGuest on the
     source, then FinishIncoming and CleanupSource (or AbortIncoming on failure);
     cold migration calls PullDisks on the target, which reads the source's
-    disks through ReadDisk. Every call is idempotent.
+    disks through ExportDisk and the source's data channel. Every call is idempotent.
     """
 
     @_abc_1.abstractmethod
@@ -151,12 +155,14 @@ class MigrationAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Source: after a successful migration, stops the old QEMU and removes local disks and leftovers."""
 
     @_abc_1.abstractmethod
-    def ReadDisk(
+    def ExportDisk(
         self,
-        request: _migration_pb2.ReadDiskRequest,
+        request: _migration_pb2.ExportDiskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_migration_pb2.ReadDiskResponse], _abc.AsyncIterator[_migration_pb2.ReadDiskResponse]]:
-        """Source: streams the allocated data of one local disk from an offset, each chunk checksummed."""
+    ) -> _typing.Union[_migration_pb2.ExportDiskResponse, _abc.Awaitable[_migration_pb2.ExportDiskResponse]]:
+        """Source: offers one local disk of a stopped guest on the data channel: its layout,
+        and a one-time ticket the target presents there to receive the disk's data.
+        """
 
     @_abc_1.abstractmethod
     def PullDisks(

@@ -1,20 +1,19 @@
-"""A token bucket for the disk copy's bandwidth cap."""
+"""Pacing for the disk copy's bandwidth cap (the sender's thread sleeps)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-MB = 1_000_000
 
+class Pacer:
+    """A token bucket in bytes/s (0 = unlimited) with a quarter second of burst."""
 
-class TokenBucket:
-    def __init__(self, rate_mb: float) -> None:
-        self.rate = rate_mb * MB  # bytes/s; 0 = unlimited
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
         self.tokens = 0.0
         self.last = time.monotonic()
 
-    async def take(self, n: int) -> None:
+    def take(self, n: int) -> None:
         if self.rate <= 0:
             return
         now = time.monotonic()
@@ -22,4 +21,4 @@ class TokenBucket:
         self.last = now
         self.tokens -= n
         if self.tokens < 0:
-            await asyncio.sleep(-self.tokens / self.rate)
+            time.sleep(-self.tokens / self.rate)

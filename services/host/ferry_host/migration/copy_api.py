@@ -6,13 +6,16 @@ import asyncio
 import logging
 from collections import defaultdict
 
-from ferry_common.errors import FerryError, InvalidArgument
+from ferry_common.errors import FailedPrecondition, FerryError, InvalidArgument
 from ferry_common.validation import check_ident
 from ferry_proto.host.v1 import migration_pb2 as pb
 
 from .. import convert
+from ..model import GuestState
+from . import wire
+from .exporter import TICKET_TTL
+from .filemap import describe
 from .puller import Progress, pull_disks
-from .reader import read_disk
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +23,30 @@ TICK = 0.5
 
 
 class DiskCopyHandlers:
-    """ReadDisk (source side) and PullDisks (target side)."""
+    """ExportDisk (source side) and PullDisks (target side)."""
 
-    async def ReadDisk(self, request, context):
+    async def ExportDisk(self, request, context):
         check_ident("guest_id", request.guest_id)
         check_ident("disk_id", request.disk_id)
-        stream = read_disk(self.agent, request)
-        try:
-            async for msg in stream:
-                yield msg
-        finally:
-            await stream.aclose()
+        guests = self.agent.guests
+        view = await guests.get(request.guest_id)
+        if view.state is not GuestState.STOPPED:
+            raise FailedPrecondition(f"guest {request.guest_id} is {view.state.name}; a cold "
+                                     "copy needs it stopped", state=view.state.name)
+        disk = next((d for d in guests._record(request.guest_id).definition.disks
+                     if d.disk_id == request.disk_id), None)
+        if disk is None:
+            raise InvalidArgument("disk_id",
+                                  f"guest {request.guest_id} has no disk {request.disk_id}")
+        f = await describe(guests.disk_path(disk))
+        ticket = self.agent.exports.offer(request.guest_id, request.disk_id, f.map)
+        return pb.ExportDiskResponse(
+            layout=pb.DiskLayout(virtual_size=f.virtual_size, format=f.format,
+                                 backing_image_id=f.backing_image_id,
+                                 data_bytes=f.map.data_bytes, fingerprint=f.map.fingerprint,
+                                 file_size=f.map.file_size),
+            data_address=self.agent.data_address, ticket=ticket,
+            ticket_ttl_seconds=int(TICKET_TTL), checksum=wire.CHECKSUM)
 
     async def PullDisks(self, request, context):
         if not request.HasField("spec"):

@@ -1,56 +1,57 @@
 """Target side of a cold migration: pull every local disk from the source agent.
 
-Per disk: ask the source's ReadDisk from the journal's resume point, check the
-layout's fingerprint (a changed source restarts from zero), create a qcow2
-overlay over the same backing image (from this host's image cache, downloaded
-from the region if needed) or a blank qcow2, write each chunk through qemu-nbd
-after its SHA-256 matched, flush and journal every few MiB. A finished disk is
-checked with `qemu-img check` and kept aside; when every disk is done they
-take their final paths and only then does the guest get its spec.json here. A failure keeps the verified part (and its
-journal) for a retry unless the storage is full; nothing is left at a final path.
+Per disk: ExportDisk on the source gives the file's layout and a ticket; a
+changed source (another fingerprint than the journal's) restarts from zero.
+The partial copy is a sparse file of the source file's size; the data channel
+fills it from the journal's resume offset, each chunk verified (receiver.py),
+while a checkpointer makes the verified prefix durable in the background
+(fdatasync, then the journal). A finished disk is pointed at the same backing
+image from this host's cache (`qemu-img rebase -u`), checked with `qemu-img
+check` and kept aside; when every disk is done they take their final paths and
+only then does the guest get its spec.json here. A failure keeps the verified
+part (and its journal) for a retry unless the storage is full; nothing is left
+at a final path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import dataclasses
 import logging
 import os
 import shutil
+import socket
+import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 
 import grpc
 from ferry_common.channels import open_channel
-from ferry_common.errors import FailedPrecondition, FerryError, Internal, from_rpc_error
+from ferry_common.errors import FailedPrecondition, from_rpc_error
 from ferry_proto.host.v1 import migration_pb2 as pb
 from ferry_proto.host.v1 import migration_pb2_grpc as pb_grpc
 
 from .. import convert
-from ..errors import HostError
-from ..storage import StorageFull, _run
+from ..storage import StorageError, StorageFull, _run
+from . import wire
 from .journal import PART_DIR, Journal, JournalState, remove_work
-from .nbd import NbdWriter
+from .receiver import ChecksumMismatch, Receiver
 
 log = logging.getLogger(__name__)
 
-#: The verified prefix is made durable (NBD flush = fdatasync, then the journal) after this
-#: many bytes or seconds, whichever comes first: an interruption loses at most that much work.
+#: The verified prefix is made durable (fdatasync, then the journal) after this many
+#: bytes or seconds, whichever comes first: an interruption loses at most that much work.
 JOURNAL_EVERY = 256 * 1024 * 1024
 JOURNAL_SECONDS = 2.0
 CHECKSUM_RETRIES = 2
 CONNECT_WAIT = 10.0
+RPC_TIMEOUT = 60.0
+#: A source that sends nothing for this long is given up (the network went away).
+IO_TIMEOUT = float(os.environ.get("FERRY_COPY_IO_TIMEOUT", "30"))
 CHUNK_SIZE = 4 * 1024 * 1024
 #: A partial copy not resumed for this long is removed by the next pull on this host.
 WORK_TTL = 24 * 3600.0
-
-
-class ChecksumMismatch(Internal, HostError):
-    reason = "CHECKSUM_MISMATCH"
-
-
-class SourceChanged(Exception):
-    pass
 
 
 @dataclass
@@ -60,7 +61,6 @@ class Progress:
     sent: int = 0  # bytes received over the wire in this call
     resumed: int = 0
     started: float = field(default_factory=time.monotonic)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stats(self) -> pb.MigrationStats:
         elapsed = time.monotonic() - self.started
@@ -70,6 +70,51 @@ class Progress:
         return pb.MigrationStats(phase=pb.MIGRATION_PHASE_COPY, disk_bytes_done=self.done,
                                  disk_bytes_total=self.total, throughput_mbps=rate * 8 / 1e6,
                                  eta_seconds=eta, elapsed_ms=int(elapsed * 1000))
+
+
+class Checkpointer:
+    """Makes the verified prefix durable in a background thread, so receiving never
+    waits for the disk: snapshot the state, fdatasync, then save the journal."""
+
+    def __init__(self, fd: int, journal: Journal, state: JournalState) -> None:
+        self.fd, self.journal, self.state = fd, journal, state
+        self.saved = state.verified_bytes
+        self._lock = threading.Lock()  # one fdatasync + save at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="copy-checkpoint", daemon=True)
+        self._thread.start()
+
+    def advance(self, offset: int, length: int) -> None:
+        """Called by the receiver after each verified chunk."""
+        self.state = dataclasses.replace(self.state, next_offset=offset + length,
+                                         verified_bytes=self.state.verified_bytes + length)
+        if self.state.verified_bytes - self.saved >= JOURNAL_EVERY:
+            self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(JOURNAL_SECONDS)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if self.state.verified_bytes != self.saved:
+                try:
+                    self.flush()
+                except OSError as exc:
+                    log.warning("could not checkpoint the partial copy: %s", exc)
+
+    def flush(self) -> None:
+        with self._lock:
+            snapshot = self.state
+            os.fdatasync(self.fd)
+            self.journal.save(snapshot)
+            self.saved = snapshot.verified_bytes
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
 
 
 class DiskPull:
@@ -86,17 +131,13 @@ class DiskPull:
         if self.disk is None:
             raise FailedPrecondition(f"disk {copy.disk_id} is not in the spec", state="BAD_SPEC")
 
-    async def _source_fingerprint(self, stub) -> str:
-        call = stub.ReadDisk(pb.ReadDiskRequest(guest_id=self.req.spec.guest_id,
-                                                disk_id=self.copy.disk_id, offset=1 << 62))
+    async def _export(self, stub) -> pb.ExportDiskResponse:
         try:
-            async for msg in call:
-                return msg.layout.fingerprint
+            return await stub.ExportDisk(
+                pb.ExportDiskRequest(guest_id=self.req.spec.guest_id, disk_id=self.copy.disk_id),
+                timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, f"source agent {self.req.source_address}") from exc
-        finally:
-            call.cancel()
-        return ""
 
     async def run(self, stub) -> None:
         if self.final.exists():
@@ -104,7 +145,7 @@ class DiskPull:
             return
         if self.journal.done.exists():
             # Verified by an earlier attempt: still good only if the source did not change.
-            if self.journal.load().fingerprint == await self._source_fingerprint(stub):
+            if self.journal.load().fingerprint == (await self._export(stub)).layout.fingerprint:
                 log.info("disk %s already copied and the source is unchanged", self.copy.disk_id)
                 return
             log.warning("disk %s changed on the source since it was copied; starting over",
@@ -119,117 +160,137 @@ class DiskPull:
                 if attempt == CHECKSUM_RETRIES:
                     raise
                 log.warning("%s; resuming from the last verified chunk", exc.message)
-            except SourceChanged:
-                log.warning("disk %s changed on the source; starting over", self.copy.disk_id)
+            except wire.SourceChanged as exc:
+                log.warning("disk %s changed on the source (%s); starting over",
+                            self.copy.disk_id, exc)
                 self.journal.discard()
 
-    async def _create_part(self, layout: pb.DiskLayout) -> None:
+    async def _backing(self, layout: pb.DiskLayout):
+        """The same backing image from this host's cache (downloaded if needed), or None."""
+        if not layout.backing_image_id:
+            return None
+        if layout.backing_image_id != self.disk.image_id:
+            raise FailedPrecondition(
+                f"disk {self.copy.disk_id}: source backing image {layout.backing_image_id} is "
+                f"not the spec's {self.disk.image_id}", state="BACKING_MISMATCH")
+        return await self.agent.guests.images.ensure(
+            self.storage, self.disk.image_id, image_format=self.disk.image_format or "qcow2",
+            checksum=self.disk.image_checksum_sha256,
+            region_address=self.req.region_address or self.agent.config.region or "")
+
+    def _open_part(self, layout: pb.DiskLayout, fresh: bool) -> int:
         self.journal.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.journal.part.with_suffix(".new")
-        tmp.unlink(missing_ok=True)
-        argv = ["create", "-q", "-f", "qcow2"]
-        if layout.backing_image_id:
-            if layout.backing_image_id != self.disk.image_id:
-                raise FailedPrecondition(
-                    f"disk {self.copy.disk_id}: source backing image {layout.backing_image_id} is "
-                    f"not the spec's {self.disk.image_id}", state="BACKING_MISMATCH")
-            image = await self.agent.guests.images.ensure(
-                self.storage, self.disk.image_id, image_format=self.disk.image_format or "qcow2",
-                checksum=self.disk.image_checksum_sha256,
-                region_address=self.req.region_address or self.agent.config.region or "")
-            argv += ["-b", str(image.resolve()), "-F", self.disk.image_format or "qcow2"]
-        await _run(*argv, str(tmp), str(layout.virtual_size))
-        os.replace(tmp, self.journal.part)
+        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
+        fd = os.open(self.journal.part, flags, 0o600)
+        try:
+            if os.fstat(fd).st_size != layout.file_size:
+                os.ftruncate(fd, layout.file_size)  # holes where the source has them
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"cannot size {self.journal.part}: {exc}") from exc
+        return fd
+
+    def _connect(self, address: str) -> socket.socket:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=CONNECT_WAIT)
+        except (OSError, ValueError) as exc:
+            raise wire.DataChannelError(f"cannot reach the source's data channel at {address}: "
+                                        f"{exc}") from exc
+        tls = self.agent.config.peer_tls
+        try:
+            if tls is not None and tls.enabled:
+                sock.settimeout(IO_TIMEOUT)
+                wire.tune(sock, IO_TIMEOUT)
+                sock = tls.client_ssl_context().wrap_socket(sock, server_hostname=host)
+            else:
+                sock.settimeout(None)  # blocking: splice needs it; the kernel times out instead
+                wire.set_blocking_timeouts(sock, IO_TIMEOUT)
+        except OSError as exc:
+            sock.close()
+            raise wire.DataChannelError(f"TLS with the source's data channel failed: {exc}"
+                                        ) from exc
+        return sock
 
     async def _attempt(self, stub) -> None:
         started = time.monotonic()
         state = self.journal.load()
         if not self.journal.part.exists():
             state = JournalState()
-        call = stub.ReadDisk(pb.ReadDiskRequest(
-            guest_id=self.req.spec.guest_id, disk_id=self.copy.disk_id, offset=state.next_offset,
-            chunk_size=CHUNK_SIZE,
-            max_bandwidth_mb=self.req.max_bandwidth_mb))
-        writer: NbdWriter | None = None
+        export = await self._export(stub)
+        layout = export.layout
+        if export.checksum != wire.CHECKSUM:
+            raise FailedPrecondition(f"source agent checksums with {export.checksum!r}, this "
+                                     f"agent with {wire.CHECKSUM!r}", state="VERSION_SKEW")
+        if state.fingerprint and state.fingerprint != layout.fingerprint:
+            raise wire.SourceChanged("its fingerprint differs from the journal's")
+        image = await self._backing(layout)
+        fresh = not state.fingerprint
+        if fresh:
+            self.journal.discard()
+            state = JournalState(fingerprint=layout.fingerprint)
+        fd = await asyncio.to_thread(self._open_part, layout, fresh)
+        self.p.total += layout.data_bytes
+        self.p.done += state.verified_bytes
+        if state.verified_bytes:
+            self.p.resumed += state.verified_bytes
+            log.info("disk %s: resuming at offset %d (%d bytes verified before)",
+                     self.copy.disk_id, state.next_offset, state.verified_bytes)
+        cp = Checkpointer(fd, self.journal, state)
+        sock: socket.socket | None = None
         try:
-            stream = call.__aiter__()
-            first = await stream.__anext__()
-            layout = first.layout
-            if state.fingerprint and state.fingerprint != layout.fingerprint:
-                raise SourceChanged()
-            if not state.fingerprint:
-                self.journal.discard()
-                state = JournalState(fingerprint=layout.fingerprint)
-                await self._create_part(layout)
-            self.p.total += layout.data_bytes
-            self.p.done += state.verified_bytes
-            if state.verified_bytes:
-                self.p.resumed += state.verified_bytes
-                log.info("disk %s: resuming at offset %d (%d bytes verified before)",
-                         self.copy.disk_id, state.next_offset, state.verified_bytes)
-            writer = NbdWriter(self.journal.part, self.journal.sock)
-            await writer.open()
-            unflushed = 0
-            journaled = time.monotonic()
-            async for msg in stream:
-                if msg.zero:
-                    await writer.write_zeroes(msg.offset, msg.length)
-                else:
-                    data = msg.data
-                    digest = (_sha256(data) if len(data) < 65536
-                              else await asyncio.to_thread(_sha256, data))
-                    if digest != msg.sha256 or len(data) != msg.length:
-                        await writer.flush()
-                        self.journal.save(state)
-                        raise ChecksumMismatch(
-                            f"disk {self.copy.disk_id}: chunk at {msg.offset}+{msg.length} failed "
-                            "its SHA-256 check", metadata={"offset": str(msg.offset)})
-                    await writer.write(msg.offset, data)
-                    state.verified_bytes += msg.length
-                    self.p.done += msg.length
-                    self.p.sent += msg.length
-                    unflushed += msg.length
-                    self.p.changed.set()
-                state.next_offset = msg.offset + msg.length
-                if unflushed >= JOURNAL_EVERY or (
-                        unflushed and time.monotonic() - journaled >= JOURNAL_SECONDS):
-                    await writer.flush()
-                    self.journal.save(state)
-                    unflushed, journaled = 0, time.monotonic()
-            await writer.flush()
-            self.journal.save(state)
-            await writer.close()
-            writer = None
-        except grpc.aio.AioRpcError as exc:
-            if writer is not None:
-                await _flush_quietly(writer, self.journal, state)
-            raise from_rpc_error(exc, f"source agent {self.req.source_address}") from exc
-        except (StopAsyncIteration, asyncio.CancelledError, FerryError, SourceChanged):
-            if writer is not None:
-                await _flush_quietly(writer, self.journal, state)
-            raise
+            sock = await asyncio.to_thread(self._connect, export.data_address)
+
+            def on_chunk(offset: int, length: int) -> None:
+                cp.advance(offset, length)
+                self.p.done += length
+                self.p.sent += length
+
+            receiver = Receiver(sock, fd, self.copy.disk_id, on_chunk=on_chunk,
+                                use_splice=not isinstance(sock, ssl.SSLSocket))
+            bandwidth = self.req.max_bandwidth_mb * 1_000_000
+            request = wire.Request(export.ticket, state.next_offset, CHUNK_SIZE, bandwidth)
+            job = asyncio.ensure_future(asyncio.to_thread(self._receive, receiver, request))
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                receiver.abort()
+                await asyncio.gather(job, return_exceptions=True)
+                raise
         finally:
-            call.cancel()
-            if writer is not None:
-                await writer.close()
+            if sock is not None:
+                sock.close()
+            cp.close()
+            try:
+                await asyncio.to_thread(cp.flush)  # what was verified stays for a retry
+            except OSError as exc:
+                log.warning("could not flush the partial copy: %s", exc)
+            os.close(fd)
         copied = time.monotonic()
-        await _run("check", "-q", "-f", "qcow2", str(self.journal.part))
-        os.replace(self.journal.part, self.journal.done)  # the journal keeps its fingerprint
+        await self._finish(layout, image)
         log.info("disk %s copied and verified: %d bytes of data (%d this attempt) in %.2fs, "
-                 "qemu-img check %.2fs", self.copy.disk_id, state.verified_bytes, self.p.sent,
-                 copied - started, time.monotonic() - copied)
+                 "rebase and qemu-img check %.2fs", self.copy.disk_id, cp.state.verified_bytes,
+                 self.p.sent, copied - started, time.monotonic() - copied)
 
+    @staticmethod
+    def _receive(receiver: Receiver, request: wire.Request) -> int:
+        receiver.sock.sendall(request.encode())
+        return receiver.run()
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-async def _flush_quietly(writer: NbdWriter, journal: Journal, state: JournalState) -> None:
-    try:
-        await asyncio.shield(writer.flush())
-        journal.save(state)
-    except BaseException as exc:  # noqa: BLE001 - the journal then stays at its last save
-        log.warning("could not flush the partial copy: %s", exc)
+    async def _finish(self, layout: pb.DiskLayout, image) -> None:
+        part = str(self.journal.part)
+        try:
+            if image is not None:
+                await _run("rebase", "-u", "-f", layout.format, "-b", str(image.resolve()),
+                           "-F", self.disk.image_format or "qcow2", part)
+            if layout.format == "qcow2":
+                await _run("check", "-q", "-f", "qcow2", part)
+        except StorageError:
+            # Every chunk matched, yet the file is not a sound image: never resume from it.
+            self.journal.discard()
+            raise
+        os.replace(self.journal.part, self.journal.done)  # the journal keeps its fingerprint
 
 
 def sweep_stale_work(agent, keep: str) -> None:

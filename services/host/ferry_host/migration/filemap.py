@@ -1,0 +1,116 @@
+"""What a cold copy sends: the allocated ranges of the disk file itself.
+
+The guest is stopped, so its qcow2 file is copied as a file: the header, the
+tables and the data clusters, exactly where they are, and nothing where the
+file has holes (SEEK_DATA/SEEK_HOLE). A 10 GiB qcow2 holding 100 MiB is a
+file of about 100 MiB. The backing image is not part of it: the target points
+the copy at the same image from its own cache (`qemu-img rebase -u`), so a
+template is neither sent nor flattened.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..storage import image_info
+
+
+@dataclass(frozen=True)
+class FileMap:
+    path: Path
+    file_size: int
+    #: (offset, length) of every allocated range, in file order.
+    ranges: tuple[tuple[int, int], ...]
+    fingerprint: str
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(n for _, n in self.ranges)
+
+    def bytes_from(self, offset: int) -> int:
+        """Data bytes at or after `offset`: what a copy resumed there still receives."""
+        return sum(max(0, min(n, start + n - offset)) for start, n in self.ranges)
+
+
+@dataclass(frozen=True)
+class DiskFile:
+    map: FileMap
+    virtual_size: int
+    format: str
+    backing_file: str
+
+    @property
+    def backing_image_id(self) -> str:
+        return Path(self.backing_file).name if self.backing_file else ""
+
+
+def allocated_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole up to the end
+                break
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if end > start:
+            ranges.append((start, end - start))
+        pos = end
+    return ranges
+
+
+def map_file(path: Path) -> FileMap:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        ranges = allocated_ranges(fd, st.st_size)
+    finally:
+        os.close(fd)
+    return FileMap(path, st.st_size, tuple(ranges), fingerprint(st, ranges))
+
+
+def fingerprint(st: os.stat_result, ranges) -> str:
+    h = hashlib.sha256(f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:"
+                       f"{st.st_ctime_ns}".encode())
+    h.update(repr(list(ranges)).encode())
+    return h.hexdigest()
+
+
+def unchanged(m: FileMap) -> bool:
+    """True when the file still is what `m` describes (checked after a copy was sent)."""
+    try:
+        fd = os.open(m.path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        return fingerprint(st, allocated_ranges(fd, st.st_size)) == m.fingerprint
+    finally:
+        os.close(fd)
+
+
+async def describe(path: Path) -> DiskFile:
+    import asyncio
+
+    info = await image_info(path)
+    fmap = await asyncio.to_thread(map_file, path)
+    return DiskFile(fmap, int(info.get("virtual-size", 0)), info.get("format", ""),
+                    info.get("full-backing-filename") or info.get("backing-filename", ""))
+
+
+def chunks(ranges, chunk_size: int, from_offset: int = 0) -> Iterator[tuple[int, int]]:
+    """(file offset, length) pieces of at most chunk_size, from `from_offset` on."""
+    for start, n in ranges:
+        end = start + n
+        pos = max(start, from_offset)
+        while pos < end:
+            k = min(chunk_size, end - pos)
+            yield pos, k
+            pos += k
