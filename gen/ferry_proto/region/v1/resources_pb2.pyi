@@ -649,6 +649,8 @@ class MigrationProgress(_message.Message):
     CPU_THROTTLE_PERCENT_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    RESUMED_BYTES_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
     """Phase name, e.g. "mirror", "memory", "switchover", "copy"."""
     percent: _builtins.float
@@ -677,6 +679,10 @@ class MigrationProgress(_message.Message):
     """vCPU throttle percentage."""
     eta_seconds: _builtins.int
     """Estimated seconds left, -1 when unknown."""
+    elapsed_ms: _builtins.int
+    """Time since the migration (or the disk copy of a cold migration) started, in milliseconds."""
+    resumed_bytes: _builtins.int
+    """Cold migration: bytes a previous attempt had verified, not sent again."""
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When this sample was taken."""
@@ -699,10 +705,12 @@ class MigrationProgress(_message.Message):
         cpu_throttle_percent: _builtins.int = ...,
         eta_seconds: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        elapsed_ms: _builtins.int = ...,
+        resumed_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_throttle_percent", b"cpu_throttle_percent", "dirty_pages_rate", b"dirty_pages_rate", "disk_bytes_done", b"disk_bytes_done", "disk_bytes_total", b"disk_bytes_total", "downtime_limit_ms", b"downtime_limit_ms", "eta_seconds", b"eta_seconds", "expected_downtime_ms", b"expected_downtime_ms", "iteration", b"iteration", "memory_bytes_remaining", b"memory_bytes_remaining", "memory_bytes_total", b"memory_bytes_total", "memory_bytes_transferred", b"memory_bytes_transferred", "percent", b"percent", "phase", b"phase", "throughput_mbps", b"throughput_mbps", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_throttle_percent", b"cpu_throttle_percent", "dirty_pages_rate", b"dirty_pages_rate", "disk_bytes_done", b"disk_bytes_done", "disk_bytes_total", b"disk_bytes_total", "downtime_limit_ms", b"downtime_limit_ms", "elapsed_ms", b"elapsed_ms", "eta_seconds", b"eta_seconds", "expected_downtime_ms", b"expected_downtime_ms", "iteration", b"iteration", "memory_bytes_remaining", b"memory_bytes_remaining", "memory_bytes_total", b"memory_bytes_total", "memory_bytes_transferred", b"memory_bytes_transferred", "percent", b"percent", "phase", b"phase", "resumed_bytes", b"resumed_bytes", "throughput_mbps", b"throughput_mbps", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

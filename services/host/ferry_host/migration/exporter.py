@@ -178,6 +178,7 @@ class DataServer:
         except OSError as exc:
             sock.sendall(wire.error_frame(wire.ErrorCode.READ_FAILED, str(exc)))
             return
+        fobj = os.fdopen(fd, "rb", closefd=False)
         try:
             for off, n in chunks(fmap.ranges, req.chunk_size, req.offset):
                 pacer.take(n)
@@ -194,15 +195,21 @@ class DataServer:
                                                   f"{fmap.path} is shorter than when described"))
                     return
                 dig = wire.digest(piece)
+                sock.sendall(wire.frame(wire.Kind.DATA, off, n, dig))
                 if once.exists() or always.exists():
                     once.unlink(missing_ok=True)
                     log.warning("fault injection: corrupting the chunk at %d of disk %s", off,
                                 export.disk_id)
                     buf[0] ^= 0xFF
-                sock.sendall(wire.frame(wire.Kind.DATA, off, n, dig))
-                sock.sendall(piece)
+                    sock.sendall(piece)
+                # The bytes go out from the page cache (sendfile: no copy through Python);
+                # had they changed since they were hashed, the target's check fails.
+                elif sock.sendfile(fobj, off, n) != n:
+                    log.warning("disk %s shrank while it was sent", export.disk_id)
+                    return  # the target sees the channel close mid-chunk
                 sent += n
         finally:
+            fobj.close()
             os.close(fd)
         if not unchanged(fmap):
             sock.sendall(wire.error_frame(wire.ErrorCode.SOURCE_CHANGED,

@@ -146,6 +146,7 @@ def progress_dict(stats: migration_pb2.MigrationStats, resumed: int) -> dict:
             if total else 0.0,
             "disk_bytes_done": stats.disk_bytes_done, "disk_bytes_total": total,
             "throughput_mbps": round(stats.throughput_mbps, 2), "eta_seconds": stats.eta_seconds,
+            "elapsed_ms": stats.elapsed_ms,
             "updated_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "resumed_bytes": resumed}
 

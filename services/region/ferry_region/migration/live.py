@@ -106,6 +106,7 @@ def progress_dict(stats: mpb.MigrationStats) -> dict[str, Any]:
         "expected_downtime_ms": stats.expected_downtime_ms,
         "downtime_limit_ms": stats.downtime_limit_ms,
         "cpu_throttle_percent": stats.cpu_throttle_percent, "eta_seconds": stats.eta_seconds,
+        "elapsed_ms": stats.elapsed_ms,
         "updated_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     }
 
