@@ -50,6 +50,9 @@ RPC_TIMEOUT = 60.0
 #: A source that sends nothing for this long is given up (the network went away).
 IO_TIMEOUT = float(os.environ.get("FERRY_COPY_IO_TIMEOUT", "30"))
 CHUNK_SIZE = 4 * 1024 * 1024
+#: Disks copied at once. A bandwidth cap applies per data stream, so capped copies
+#: go one disk at a time.
+PARALLEL = 4
 #: A partial copy not resumed for this long is removed by the next pull on this host.
 WORK_TTL = 24 * 3600.0
 
@@ -61,6 +64,15 @@ class Progress:
     sent: int = 0  # bytes received over the wire in this call
     resumed: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: Receivers of disks copied in parallel add from their own threads.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, *, total: int = 0, done: int = 0, sent: int = 0, resumed: int = 0) -> None:
+        with self.lock:
+            self.total += total
+            self.done += done
+            self.sent += sent
+            self.resumed += resumed
 
     def stats(self) -> pb.MigrationStats:
         elapsed = time.monotonic() - self.started
@@ -128,6 +140,8 @@ class DiskPull:
         self.final = self.storage.disk_path(copy.disk_id)
         self.journal = Journal(self.storage, request.spec.guest_id, copy.disk_id)
         self.disk = next((d for d in request.spec.disks if d.disk_id == copy.disk_id), None)
+        #: This disk's share of the progress totals.
+        self.total_here = self.done_here = 0
         if self.disk is None:
             raise FailedPrecondition(f"disk {copy.disk_id} is not in the spec", state="BAD_SPEC")
 
@@ -219,6 +233,7 @@ class DiskPull:
         if not self.journal.part.exists():
             state = JournalState()
         export = await self._export(stub)
+        exported = time.monotonic()
         layout = export.layout
         if export.checksum != wire.CHECKSUM:
             raise FailedPrecondition(f"source agent checksums with {export.checksum!r}, this "
@@ -231,21 +246,27 @@ class DiskPull:
             self.journal.discard()
             state = JournalState(fingerprint=layout.fingerprint)
         fd = await asyncio.to_thread(self._open_part, layout, fresh)
-        self.p.total += layout.data_bytes
-        self.p.done += state.verified_bytes
+        # A retry of this disk (checksum, changed source) replaces its share of the totals.
+        self.p.add(total=layout.data_bytes - self.total_here,
+                   done=state.verified_bytes - self.done_here,
+                   resumed=state.verified_bytes if not self.total_here else 0)
+        self.total_here, self.done_here = layout.data_bytes, state.verified_bytes
+        received = 0
         if state.verified_bytes:
-            self.p.resumed += state.verified_bytes
             log.info("disk %s: resuming at offset %d (%d bytes verified before)",
                      self.copy.disk_id, state.next_offset, state.verified_bytes)
         cp = Checkpointer(fd, self.journal, state)
         sock: socket.socket | None = None
         try:
             sock = await asyncio.to_thread(self._connect, export.data_address)
+            connected = time.monotonic()
 
             def on_chunk(offset: int, length: int) -> None:
+                nonlocal received
                 cp.advance(offset, length)
-                self.p.done += length
-                self.p.sent += length
+                received += length
+                self.done_here += length
+                self.p.add(done=length, sent=length)
 
             receiver = Receiver(sock, fd, self.copy.disk_id, on_chunk=on_chunk,
                                 use_splice=not isinstance(sock, ssl.SSLSocket))
@@ -269,9 +290,11 @@ class DiskPull:
             os.close(fd)
         copied = time.monotonic()
         await self._finish(layout, image)
-        log.info("disk %s copied and verified: %d bytes of data (%d this attempt) in %.2fs, "
-                 "rebase and qemu-img check %.2fs", self.copy.disk_id, cp.state.verified_bytes,
-                 self.p.sent, copied - started, time.monotonic() - copied)
+        log.info("disk %s copied and verified: %d bytes of data (%d this attempt) in %.3fs "
+                 "(export %.3fs, prepare %.3fs, data %.3fs), rebase and check %.3fs",
+                 self.copy.disk_id, cp.state.verified_bytes, received, copied - started,
+                 exported - started, connected - exported, copied - connected,
+                 time.monotonic() - copied)
 
     @staticmethod
     def _receive(receiver: Receiver, request: wire.Request) -> int:
@@ -310,6 +333,27 @@ def sweep_stale_work(agent, keep: str) -> None:
                 continue
 
 
+async def _run_pulls(pulls: list[DiskPull], stub, parallel: int) -> None:
+    """Runs the pulls, `parallel` at a time; the first failure cancels the others
+    (each keeps what it verified) and is raised."""
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(pull: DiskPull) -> None:
+        async with gate:
+            await pull.run(stub)
+
+    tasks = [asyncio.create_task(one(p), name=f"pull-{p.copy.disk_id}") for p in pulls]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failed = [t for t in tasks if t in done and not t.cancelled() and t.exception()]
+    if failed:
+        raise failed[0].exception()  # type: ignore[misc]
+
+
 async def pull_disks(agent, request: pb.PullDisksRequest, progress: Progress):
     """Copies every disk, then registers the guest here; returns its view."""
     await asyncio.to_thread(sweep_stale_work, agent, request.spec.guest_id)
@@ -319,12 +363,11 @@ async def pull_disks(agent, request: pb.PullDisksRequest, progress: Progress):
         try:  # a source agent that is (re)starting: give it a moment to listen
             await asyncio.wait_for(channel.channel_ready(), CONNECT_WAIT)
         except TimeoutError:
-            pass  # ReadDisk reports the failure
+            pass  # ExportDisk reports the failure
         stub = pb_grpc.MigrationAgentServiceStub(channel)
         try:
             pulls = [DiskPull(agent, request, copy, progress) for copy in request.disks]
-            for pull in pulls:
-                await pull.run(stub)
+            await _run_pulls(pulls, stub, parallel=1 if request.max_bandwidth_mb else PARALLEL)
             # Every disk verified: only now do they take their final paths.
             for pull in pulls:
                 if pull.journal.done.exists():
