@@ -351,6 +351,8 @@ class Cluster:
                 "--log-level", self.spec.log_level]
         if self.spec.lease_ttl is not None:
             argv += ["--lease-ttl", str(self.spec.lease_ttl)]
+        if self.spec.copy_stall_timeout is not None:
+            argv += ["--copy-stall-timeout", str(self.spec.copy_stall_timeout)]
         return argv
 
     def _keeper_argv(self, h: HostSpec) -> list[str]:

@@ -45,6 +45,8 @@ class ClusterSpec:
     fence_after: float | None = None
     #: Region host-down confirmation window in seconds; None = the region's default.
     host_down_window: float | None = None
+    #: Agents' --copy-stall-timeout in seconds; None = the agent's default.
+    copy_stall_timeout: float | None = None
     ready_timeout: float = 120.0
     stop_timeout: float = 10.0
 

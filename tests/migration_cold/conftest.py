@@ -15,7 +15,7 @@ from helpers import climc, until  # noqa: F401 - used here and imported by the t
 @pytest.fixture(scope="session")
 def ccluster(tmp_path_factory):
     path = tmp_path_factory.mktemp("coldcluster")
-    c = start_cluster(path, hosts=3, lease_ttl=3)
+    c = start_cluster(path, hosts=3, lease_ttl=3, copy_stall_timeout=4)
     try:
         yield c
     finally:

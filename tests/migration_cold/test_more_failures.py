@@ -4,6 +4,7 @@ progress line of `server-migrate --wait`."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,48 @@ def test_wait_shows_progress(ccluster, cclient, cimage, tmp_path) -> None:
     t = cclient.servers.get("cm-prog")
     assert t.status == rpb.SERVER_STATUS_READY and t.host_id != s.host_id
     climc(ccluster, "server-delete", "--wait", "cm-prog")
+
+
+def _data_address(ccluster, host) -> tuple[str, str]:
+    """(ip, port) of the agent's data channel, from its start-up line (the last one)."""
+    log = (ccluster.plan.logs / f"{host.name}.log").read_text(errors="replace")
+    line = [x for x in log.splitlines() if ", data channel " in x][-1]
+    addr = line.split(", data channel ", 1)[1].split(":", 2)
+    return addr[0], addr[1]
+
+
+def _drop(action: str, ip: str, port: str) -> None:
+    for chain, side in (("INPUT", ["-d", ip, "--dport", port]),
+                        ("OUTPUT", ["-s", ip, "--sport", port])):
+        subprocess.run(["iptables", action, chain, "-p", "tcp", *side, "-j", "DROP"],
+                       check=True, capture_output=True)
+
+
+def test_network_cut_mid_copy_fails_after_the_stall_timeout_then_resumes(
+        ccluster, cclient, cimage, tmp_path) -> None:
+    s, data, keep, target = _make(ccluster, cclient, "cm-net", 40, tmp_path)
+    source = next(h for h in ccluster.hosts if h.host_id == s.host_id)
+    ip, port = _data_address(ccluster, source)
+    resp = cclient.migrations.migrate("cm-net", prefer_host=target.host_id, max_bandwidth_mb=8)
+    until(lambda: cclient.servers.get("cm-net").progress.disk_bytes_done >= 12 * MIB, 60,
+          "12 MiB copied")
+    _drop("-I", ip, port)
+    try:
+        # The cluster's agents give up a copy after 4 s without data (--copy-stall-timeout).
+        with pytest.raises(TaskFailed) as e:
+            cclient.wait_task(resp.task_id, timeout=60)
+        assert "no data from the source" in str(e.value)
+        f = cclient.servers.get("cm-net")
+        assert f.status == rpb.SERVER_STATUS_MIGRATE_FAILED and f.host_id == s.host_id
+        assert "DATA_CHANNEL_FAILED" in f.status_reason or "no data" in f.status_reason
+    finally:
+        _drop("-D", ip, port)
+    qemu_img("compare", "-q", str(keep), data.path)
+    assert not Path(target.local_storage, "disks", f"{data.id}.qcow2").exists()
+    resp = cclient.migrations.migrate("cm-net", prefer_host=target.host_id)
+    cclient.wait_task(resp.task_id, timeout=120)
+    t = cclient.servers.get("cm-net")
+    assert t.status == rpb.SERVER_STATUS_READY and t.host_id == target.host_id
+    assert t.progress.resumed_bytes >= 8 * MIB, "the retry resumed from the verified part"
+    qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
+    climc(ccluster, "server-delete", "--wait", "cm-net")

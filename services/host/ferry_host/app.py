@@ -149,7 +149,8 @@ async def start_agent(config: AgentConfig) -> Agent:
         # starts a guest by itself: they stay stopped until the region decides.
         log.warning("fenced guests left stopped (the region decides where they run): %s",
                     ", ".join(fenced))
-    log.info("host agent %s (%s) at %s: accelerator %s, %d storages, %d guests adopted",
-             config.host_id, config.name, agent.address, accelerator,
+    log.info("host agent %s (%s) at %s, data channel %s: accelerator %s, %d storages, "
+             "%d guests adopted", config.host_id, config.name, agent.address, agent.data_address,
+             accelerator,
              len(list(storages)), len(agent.adopted))
     return agent

@@ -28,6 +28,8 @@ class AgentConfig:
     #: TCP port of the cold copy's data channel, on the listen address; 0 = any free port
     #: (it is handed to peers with each ExportDisk answer).
     data_port: int = 0
+    #: A cold copy whose source sends nothing for this long fails (the network went away).
+    copy_stall_timeout: float = 30.0
     region: str | None = "127.0.0.1:7700"
     etcd: str | None = "127.0.0.1:2379"
     shared_storage: Path | None = None
@@ -45,6 +47,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.accel not in ACCEL_CHOICES:
             raise ValueError(f"accel must be one of {', '.join(ACCEL_CHOICES)}, got {self.accel!r}")
+        if self.copy_stall_timeout <= 0:
+            raise ValueError(f"copy_stall_timeout must be positive, got {self.copy_stall_timeout}")
         if self.lease_ttl < 2:
             raise ValueError(f"lease_ttl must be at least 2 seconds, got {self.lease_ttl}")
         if not self.host_id:

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-port", type=int, default=0,
                    help="TCP port of the cold-migration data channel on the listen address; "
                         "0 picks a free one [%(default)s]")
+    p.add_argument("--copy-stall-timeout", type=float, default=30.0,
+                   help="seconds without data after which a cold disk copy fails [%(default)s]")
     p.add_argument("--advertise", default=None,
                    help="address the region and peers use to reach this agent [= listen]")
     p.add_argument("--region", default="127.0.0.1:7700", help="region address [%(default)s]")
@@ -59,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         local_storage=args.local_storage,
         listen=args.listen,
         data_port=args.data_port,
+        copy_stall_timeout=args.copy_stall_timeout,
         advertise=args.advertise,
         region=args.region or None,
         etcd=args.etcd or None,

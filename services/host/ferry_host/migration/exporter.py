@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 TICKET_TTL = 60.0
 #: A target that neither reads nor sends for this long is dropped.
 IO_TIMEOUT = 30.0
+#: A connection must complete its TLS handshake and send its request within this.
+REQUEST_TIMEOUT = 10.0
 MAX_SENDERS = 16
 
 
@@ -130,27 +132,42 @@ class DataServer:
             threading.Thread(target=self._serve, args=(conn, peer), name="data-send",
                              daemon=True).start()
 
+    def _open(self, conn: socket.socket) -> socket.socket:
+        """TLS handshake (when configured) and a short deadline for the request: an idle
+        connection must not hold a sender slot for long."""
+        conn.settimeout(REQUEST_TIMEOUT)
+        wire.tune(conn, IO_TIMEOUT)
+        return self.tls.wrap_socket(conn, server_side=True) if self.tls is not None else conn
+
+    def _track(self, old: socket.socket, new: socket.socket) -> None:
+        # wrap_socket detaches the accepted socket: stop() must shut the TLS one down.
+        with self._lock:
+            if old in self._conns:
+                self._conns.discard(old)
+                self._conns.add(new)
+
     def _refuse(self, conn: socket.socket) -> None:
+        sock = conn
         try:
-            conn.settimeout(5)
-            conn.sendall(wire.error_frame(wire.ErrorCode.BUSY, "too many copies from this host"))
-        except OSError:
+            sock = self._open(conn)
+            wire.recv_exact(sock, wire.REQUEST.size, "a request")  # read it: no reset on close
+            sock.sendall(wire.error_frame(wire.ErrorCode.BUSY, "too many copies from this host"))
+        except (OSError, ssl.SSLError, wire.DataChannelError):
             pass
         finally:
-            conn.close()
+            sock.close()
 
     def _serve(self, conn: socket.socket, peer) -> None:
         sock: socket.socket = conn
         try:
-            conn.settimeout(IO_TIMEOUT)
-            wire.tune(conn, IO_TIMEOUT)
-            if self.tls is not None:
-                sock = self.tls.wrap_socket(conn, server_side=True)
+            sock = self._open(conn)
+            self._track(conn, sock)
             try:
                 req = wire.Request.decode(wire.recv_exact(sock, wire.REQUEST.size, "a request"))
             except ValueError as exc:
                 sock.sendall(wire.error_frame(wire.ErrorCode.BAD_REQUEST, str(exc)))
                 return
+            sock.settimeout(IO_TIMEOUT)
             export = self.exports.claim(req.ticket)
             if export is None:
                 sock.sendall(wire.error_frame(wire.ErrorCode.BAD_TICKET,
@@ -162,6 +179,7 @@ class DataServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+                self._conns.discard(sock)
             sock.close()
 
     def _send(self, sock: socket.socket, export: Export, req: wire.Request) -> None:

@@ -47,8 +47,6 @@ JOURNAL_SECONDS = 2.0
 CHECKSUM_RETRIES = 2
 CONNECT_WAIT = 10.0
 RPC_TIMEOUT = 60.0
-#: A source that sends nothing for this long is given up (the network went away).
-IO_TIMEOUT = float(os.environ.get("FERRY_COPY_IO_TIMEOUT", "30"))
 CHUNK_SIZE = 4 * 1024 * 1024
 #: Disks copied at once. A bandwidth cap applies per data stream, so capped copies
 #: go one disk at a time.
@@ -213,14 +211,15 @@ class DiskPull:
             raise wire.DataChannelError(f"cannot reach the source's data channel at {address}: "
                                         f"{exc}") from exc
         tls = self.agent.config.peer_tls
+        stall = self.agent.config.copy_stall_timeout
         try:
             if tls is not None and tls.enabled:
-                sock.settimeout(IO_TIMEOUT)
-                wire.tune(sock, IO_TIMEOUT)
+                sock.settimeout(stall)
+                wire.tune(sock, stall)
                 sock = tls.client_ssl_context().wrap_socket(sock, server_hostname=host)
             else:
                 sock.settimeout(None)  # blocking: splice needs it; the kernel times out instead
-                wire.set_blocking_timeouts(sock, IO_TIMEOUT)
+                wire.set_blocking_timeouts(sock, stall)
         except OSError as exc:
             sock.close()
             raise wire.DataChannelError(f"TLS with the source's data channel failed: {exc}"
@@ -269,7 +268,8 @@ class DiskPull:
                 self.p.add(done=length, sent=length)
 
             receiver = Receiver(sock, fd, self.copy.disk_id, on_chunk=on_chunk,
-                                use_splice=not isinstance(sock, ssl.SSLSocket))
+                                use_splice=not isinstance(sock, ssl.SSLSocket),
+                                start=state.next_offset, end=layout.file_size)
             bandwidth = self.req.max_bandwidth_mb * 1_000_000
             request = wire.Request(export.ticket, state.next_offset, CHUNK_SIZE, bandwidth)
             job = asyncio.ensure_future(asyncio.to_thread(self._receive, receiver, request))
@@ -344,7 +344,7 @@ async def _run_pulls(pulls: list[DiskPull], stub, parallel: int) -> None:
 
     tasks = [asyncio.create_task(one(p), name=f"pull-{p.copy.disk_id}") for p in pulls]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for t in tasks:
             t.cancel()

@@ -57,8 +57,12 @@ class Receiver:
     """Reads one answer of the source; `on_chunk(offset, length)` after each verified chunk."""
 
     def __init__(self, sock: socket.socket, fd: int, disk: str, *, use_splice: bool,
-                 on_chunk: Callable[[int, int], None]) -> None:
+                 on_chunk: Callable[[int, int], None], start: int = 0,
+                 end: int | None = None) -> None:
         self.sock, self.fd, self.disk = sock, fd, disk
+        #: Chunks must lie within [start, end) in increasing order (end: the part's size).
+        self.start = start
+        self.end = os.fstat(fd).st_size if end is None else end
         self.use_splice = use_splice
         self.on_chunk = on_chunk
         self.received = 0
@@ -100,6 +104,11 @@ class Receiver:
                 if kind != wire.Kind.DATA or not 0 < length <= wire.MAX_CHUNK:
                     raise wire.DataChannelError(f"bad frame from the source (kind {kind}, "
                                                 f"length {length})")
+                if offset < self.start or offset + length > self.end:
+                    raise wire.DataChannelError(
+                        f"the source sent {offset}+{length}, outside {self.start}..{self.end} "
+                        "or out of order")
+                self.start = offset + length
                 if pipe is not None:
                     self._splice(pipe, offset, length)
                     got = self._digest_file(offset, length)
@@ -154,7 +163,7 @@ class Receiver:
         while got < length:
             try:
                 k = self.sock.recv_into(view[got:], length - got)
-            except TimeoutError as exc:
+            except (TimeoutError, BlockingIOError) as exc:
                 raise wire.DataChannelError("no data from the source for too long") from exc
             except OSError as exc:
                 raise wire.DataChannelError(f"data channel failed: {exc}") from exc

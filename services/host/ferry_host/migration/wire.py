@@ -24,7 +24,6 @@ import struct
 from dataclasses import dataclass
 
 import xxhash
-
 from ferry_common.errors import FailedPrecondition, Internal, Unavailable
 
 from ..errors import HostError
