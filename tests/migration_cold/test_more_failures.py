@@ -127,5 +127,7 @@ def test_network_cut_mid_copy_fails_after_the_stall_timeout_then_resumes(
     t = cclient.servers.get("cm-net")
     assert t.status == rpb.SERVER_STATUS_READY and t.host_id == target.host_id
     assert t.progress.resumed_bytes >= 8 * MIB, "the retry resumed from the verified part"
+    shown = climc(ccluster, "server-show", "cm-net").stdout
+    assert "resumed" in shown and "elapsed" in shown, shown
     qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
     climc(ccluster, "server-delete", "--wait", "cm-net")

@@ -18,9 +18,10 @@ def _progress_line(server: Any) -> str | None:
         return None
     mib = 1024 * 1024
     eta = f", ETA {p.eta_seconds}s" if p.eta_seconds >= 0 else ""
+    resumed = f", {p.resumed_bytes / mib:.1f} MiB resumed" if p.resumed_bytes else ""
     return (f"Progress: {p.phase or 'copy'} {p.percent:.1f}% "
             f"({p.disk_bytes_done / mib:.1f}/{p.disk_bytes_total / mib:.1f} MiB, "
-            f"{p.throughput_mbps / 8:.1f} MB/s{eta})")
+            f"{p.throughput_mbps / 8:.1f} MB/s{eta}{resumed})")
 
 
 def _follow_progress(ctx: Context, server_id: str, stop: threading.Event) -> None:

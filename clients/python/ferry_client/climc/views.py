@@ -82,6 +82,10 @@ def progress_line(p: r.MigrationProgress) -> str:
         parts.append(f"throttle {p.cpu_throttle_percent}%")
     if p.eta_seconds >= 0 and (p.eta_seconds or p.percent < 100):
         parts.append(f"eta {p.eta_seconds} s")
+    if p.resumed_bytes:
+        parts.append(f"{format_bytes(p.resumed_bytes)} resumed")
+    if p.elapsed_ms:
+        parts.append(f"elapsed {p.elapsed_ms / 1000:.1f} s")
     return ", ".join(parts)
 
 
