@@ -6,7 +6,7 @@
 
 1. Starts a 2-host cluster with the launcher (etcd, region, scheduler, agents on 127.0.0.x).
 2. Dense: a server with a data disk of --dense-mb, fully written with qemu-io. Each repetition
-   times, on the same file and from a warm page cache: `cp` between two folders, `cp` followed
+   times, on the same file, each after a sync and from a warm page cache: `cp` between two folders, `cp` followed
    by an fsync of the copy (a copy that survives a power cut, as Ferry's does), `qemu-img
    convert -O qcow2`, then Ferry's migration of the server to the other host. For Ferry it
    prints the copy (the target agent's PullDisks: ticket, data channel, per-chunk check,
@@ -51,8 +51,11 @@ def timed(fn) -> float:
     return time.monotonic() - t
 
 
-def warm(path: str | Path) -> None:
-    """Reads a file once so that every contender starts from the page cache."""
+def settle(path: str | Path) -> None:
+    """The same start for every contender: earlier writes on disk (sync, then a second for
+    the device to drain), the file to copy in the page cache."""
+    sh("sync")
+    time.sleep(1.0)
     with open(path, "rb") as f:
         while f.read(16 * MIB):
             pass
@@ -61,14 +64,12 @@ def warm(path: str | Path) -> None:
 def cp_times(src: Path, dst_dir: Path) -> tuple[float, float]:
     """(cp, cp + fsync of the copy)."""
     dst = dst_dir / "cp.copy"
-    warm(src)
+    settle(src)
     t_cp = timed(lambda: sh("cp", str(src), str(dst)))
     dst.unlink()
-    sh("sync")
-    warm(src)
+    settle(src)
     t_sync = timed(lambda: sh("sh", "-c", f"cp '{src}' '{dst}' && sync '{dst}'"))
     dst.unlink()
-    sh("sync")
     return t_cp, t_sync
 
 
@@ -85,8 +86,7 @@ def data_disk(server):
 
 def migrate(client, name: str, target: str) -> tuple[float, float]:
     """(whole task, copy on the agents) in seconds."""
-    sh("sync")
-    warm(data_disk(client.servers.get(name)).path)
+    settle(data_disk(client.servers.get(name)).path)
     t = time.monotonic()
     resp = client.migrations.migrate(name, prefer_host=target)
     client.wait_task(resp.task_id, timeout=1800)
@@ -140,7 +140,7 @@ def main() -> int:
                 t_cp, t_sync = cp_times(ref, tmp_p / "b")
                 cp.append(t_cp)
                 cps.append(t_sync)
-                warm(ref)
+                settle(ref)
                 conv.append(timed(lambda: sh("qemu-img", "convert", "-O", "qcow2", str(ref),
                                              str(tmp_p / "b" / "conv.qcow2"))))
                 (tmp_p / "b" / "conv.qcow2").unlink()
