@@ -53,7 +53,12 @@ def timed(fn) -> float:
 
 def settle(path: str | Path) -> None:
     """The same start for every contender: earlier writes on disk (sync, then a second for
-    the device to drain), the file to copy in the page cache."""
+    the device to drain) and the file to copy in the page cache.
+
+    On these VMs the balloon driver hands free memory back to the hypervisor within seconds
+    (free page reporting), and a copy that fills fresh page cache pays a host fault per
+    page: every contender here starts after the same pause, so each pays it alike. Copies
+    run back to back without the pause are about twice as fast, for cp and Ferry alike."""
     sh("sync")
     time.sleep(1.0)
     with open(path, "rb") as f:

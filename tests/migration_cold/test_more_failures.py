@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,37 @@ def test_network_cut_mid_copy_fails_after_the_stall_timeout_then_resumes(
     assert "resumed" in shown and "elapsed" in shown, shown
     qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
     climc(ccluster, "server-delete", "--wait", "cm-net")
+
+
+def test_cancel_mid_copy_keeps_the_server_on_its_source_and_a_retry_resumes(
+        ccluster, cclient, cimage, tmp_path) -> None:
+    s, data, keep, target = _make(ccluster, cclient, "cm-cancel", 40, tmp_path)
+    none = climc(ccluster, "server-cancel-migrate", "cm-cancel", check=False)
+    assert none.returncode != 0 and "not being migrated cold" in none.stderr, none.stderr
+    resp = cclient.migrations.migrate("cm-cancel", prefer_host=target.host_id,
+                                      max_bandwidth_mb=8)
+    until(lambda: cclient.servers.get("cm-cancel").progress.disk_bytes_done >= 12 * MIB, 60,
+          "12 MiB copied")
+    out = climc(ccluster, "server-cancel-migrate", "cm-cancel")
+    assert resp.task_id in out.stdout
+    with pytest.raises(TaskFailed) as e:
+        cclient.wait_task(resp.task_id, timeout=30)
+    assert "cancelled by the operator" in str(e.value)
+    f = cclient.servers.get("cm-cancel")
+    assert f.status == rpb.SERVER_STATUS_MIGRATE_FAILED and f.host_id == s.host_id
+    assert "cancelled" in f.status_reason
+    qemu_img("compare", "-q", str(keep), data.path)
+    assert not Path(target.local_storage, "disks", f"{data.id}.qcow2").exists()
+    assert not Path(target.state_dir, "guests", s.id).exists()
+    # The copy stopped on the target (no more bytes arrive there), and a retry resumes it.
+    part = next(Path(target.local_storage, "migrating", s.id).glob("*.part"))
+    size = part.stat().st_blocks
+    time.sleep(1.5)
+    assert part.stat().st_blocks == size, "the target kept copying after the cancel"
+    resp = cclient.migrations.migrate("cm-cancel", prefer_host=target.host_id)
+    cclient.wait_task(resp.task_id, timeout=120)
+    t = cclient.servers.get("cm-cancel")
+    assert t.status == rpb.SERVER_STATUS_READY and t.host_id == target.host_id
+    assert t.progress.resumed_bytes >= 8 * MIB
+    qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
+    climc(ccluster, "server-delete", "--wait", "cm-cancel")

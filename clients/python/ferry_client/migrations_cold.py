@@ -1,4 +1,4 @@
-"""SDK calls of the region's MigrationService: migrate, migrate_many (issue 5)."""
+"""SDK calls of the region's MigrationService: migrate, migrate_many, cancel_migrate (issue 5)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,8 @@ class ColdMigrationsMixin:
                                        prefer_host=prefer_host, auto_start=auto_start,
                                        max_in_flight_per_host=max_in_flight_per_host)
         return self._c.call(self._stub.MigrateServers, req, timeout)
+
+    def cancel_migrate(self, id: str, *, timeout: Any = _UNSET) -> pb.CancelMigrateResponse:
+        """Cancel a cold migration or rescue before its switch to the target; the server stays
+        on its source (migrate_failed, CANCELLED) and a retry resumes the verified copy."""
+        return self._c.call(self._stub.CancelMigrate, pb.CancelMigrateRequest(id=id), timeout)

@@ -78,6 +78,17 @@ def cmd_migrate_many(ctx: Context, a: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_cancel(ctx: Context, a: argparse.Namespace) -> int:
+    resp = ctx.client.migrations.cancel_migrate(a.id)
+    if ctx.out.json:
+        ctx.out.emit_json({"server": resp.server, "task_id": resp.task_id})
+    else:
+        ctx.out.write(f"Cancelling migration task {resp.task_id} of server "
+                      f"{resp.server.name or a.id}; it stays on its source host, and a retry "
+                      "resumes from what was copied")
+    return 0
+
+
 def register(reg: Registry) -> None:
     """Adds this group's commands to climc."""
     p = reg.command("server-migrate", "Migrate server", cmd_migrate)
@@ -90,6 +101,10 @@ def register(reg: Registry) -> None:
     p.add_argument("--max-bandwidth-mb", type=non_negative_int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--wait", action="store_true", help=argparse.SUPPRESS)
     add_help_flag(p, hidden=True)
+    p.add_argument("id", metavar="ID", help="ID of server")
+
+    p = reg.command("server-cancel-migrate", "Cancel a cold migration before the server switches "
+                    "to its target host; it stays on its source host", cmd_cancel)
     p.add_argument("id", metavar="ID", help="ID of server")
 
     p = reg.command("servers-migrate", "Cold-migrate several servers, or every stopped server "

@@ -320,6 +320,56 @@ class CancelLiveMigrateResponse(_message.Message):
 Global___CancelLiveMigrateResponse: _TypeAlias = CancelLiveMigrateResponse  # noqa: Y015
 
 @_typing.final
+class CancelMigrateRequest(_message.Message):
+    """CancelMigrateRequest names the server whose cold migration to cancel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server id or name."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelMigrateRequest: _TypeAlias = CancelMigrateRequest  # noqa: Y015
+
+@_typing.final
+class CancelMigrateResponse(_message.Message):
+    """CancelMigrateResponse acknowledges a cancel request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the migration task being cancelled."""
+    @_builtins.property
+    def server(self) -> _resources_pb2.Server:
+        """The server after the request was accepted."""
+
+    def __init__(
+        self,
+        *,
+        server: _resources_pb2.Server | None = ...,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server", b"server", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelMigrateResponse: _TypeAlias = CancelMigrateResponse  # noqa: Y015
+
+@_typing.final
 class SetLiveMigrateParamsRequest(_message.Message):
     """SetLiveMigrateParamsRequest changes a running live migration."""
 

@@ -58,6 +58,11 @@ class MigrationServiceStub:
                 request_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelLiveMigrateRequest.SerializeToString,
                 response_deserializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelLiveMigrateResponse.FromString,
                 _registered_method=True)
+        self.CancelMigrate = channel.unary_unary(
+                '/ferry.region.v1.MigrationService/CancelMigrate',
+                request_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateRequest.SerializeToString,
+                response_deserializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateResponse.FromString,
+                _registered_method=True)
         self.SetLiveMigrateParams = channel.unary_unary(
                 '/ferry.region.v1.MigrationService/SetLiveMigrateParams',
                 request_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.SetLiveMigrateParamsRequest.SerializeToString,
@@ -110,6 +115,14 @@ class MigrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelMigrate(self, request, context):
+        """Cancels a cold migration or rescue before the server is switched to its target; it stays
+        on its source (migrate_failed, reason CANCELLED) and a retry resumes the verified copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetLiveMigrateParams(self, request, context):
         """Changes the bandwidth cap or downtime limit of a running live migration.
         """
@@ -153,6 +166,11 @@ def add_MigrationServiceServicer_to_server(servicer, server):
                     servicer.CancelLiveMigrate,
                     request_deserializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelLiveMigrateRequest.FromString,
                     response_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelLiveMigrateResponse.SerializeToString,
+            ),
+            'CancelMigrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelMigrate,
+                    request_deserializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateRequest.FromString,
+                    response_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateResponse.SerializeToString,
             ),
             'SetLiveMigrateParams': grpc.unary_unary_rpc_method_handler(
                     servicer.SetLiveMigrateParams,
@@ -282,6 +300,33 @@ class MigrationService:
             '/ferry.region.v1.MigrationService/CancelLiveMigrate',
             ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelLiveMigrateRequest.SerializeToString,
             ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelLiveMigrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelMigrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.region.v1.MigrationService/CancelMigrate',
+            ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateRequest.SerializeToString,
+            ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateResponse.FromString,
             options,
             channel_credentials,
             insecure,

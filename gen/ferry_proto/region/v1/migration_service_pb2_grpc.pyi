@@ -45,6 +45,10 @@ class MigrationServiceStub:
     """Live-migrates a running server."""
     CancelLiveMigrate: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.CancelLiveMigrateRequest, _migration_service_pb2.CancelLiveMigrateResponse]
     """Cancels a live migration; the server keeps running on its source host."""
+    CancelMigrate: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.CancelMigrateRequest, _migration_service_pb2.CancelMigrateResponse]
+    """Cancels a cold migration or rescue before the server is switched to its target; it stays
+    on its source (migrate_failed, reason CANCELLED) and a retry resumes the verified copy.
+    """
     SetLiveMigrateParams: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.SetLiveMigrateParamsRequest, _migration_service_pb2.SetLiveMigrateParamsResponse]
     """Changes the bandwidth cap or downtime limit of a running live migration."""
     ForecastMigration: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.ForecastMigrationRequest, _migration_service_pb2.ForecastMigrationResponse]
@@ -69,6 +73,10 @@ class MigrationServiceAsyncStub(MigrationServiceStub):
     """Live-migrates a running server."""
     CancelLiveMigrate: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.CancelLiveMigrateRequest, _migration_service_pb2.CancelLiveMigrateResponse]  # type: ignore[assignment]
     """Cancels a live migration; the server keeps running on its source host."""
+    CancelMigrate: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.CancelMigrateRequest, _migration_service_pb2.CancelMigrateResponse]  # type: ignore[assignment]
+    """Cancels a cold migration or rescue before the server is switched to its target; it stays
+    on its source (migrate_failed, reason CANCELLED) and a retry resumes the verified copy.
+    """
     SetLiveMigrateParams: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.SetLiveMigrateParamsRequest, _migration_service_pb2.SetLiveMigrateParamsResponse]  # type: ignore[assignment]
     """Changes the bandwidth cap or downtime limit of a running live migration."""
     ForecastMigration: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.ForecastMigrationRequest, _migration_service_pb2.ForecastMigrationResponse]  # type: ignore[assignment]
@@ -114,6 +122,16 @@ class MigrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_migration_service_pb2.CancelLiveMigrateResponse, _abc.Awaitable[_migration_service_pb2.CancelLiveMigrateResponse]]:
         """Cancels a live migration; the server keeps running on its source host."""
+
+    @_abc_1.abstractmethod
+    def CancelMigrate(
+        self,
+        request: _migration_service_pb2.CancelMigrateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migration_service_pb2.CancelMigrateResponse, _abc.Awaitable[_migration_service_pb2.CancelMigrateResponse]]:
+        """Cancels a cold migration or rescue before the server is switched to its target; it stays
+        on its source (migrate_failed, reason CANCELLED) and a retry resumes the verified copy.
+        """
 
     @_abc_1.abstractmethod
     def SetLiveMigrateParams(

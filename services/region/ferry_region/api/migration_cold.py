@@ -4,17 +4,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ferry_common.errors import FailedPrecondition
+from ferry_common.validation import check_ident
 from ferry_proto.region.v1 import migration_service_pb2 as pb
+from sqlalchemy.orm import Session
 
+from ..db import server_reads as reads
+from ..db.models import Task
+from ..db.queries import find_server
+from ..migration import cold
 from ..migration.cold_requests import ColdMigrations, MigrateOptions
+from ..states import TaskKind
 from . import convert
 
 if TYPE_CHECKING:
     from .migration_service import MigrationParts
 
 
+def _cold_task(session: Session, ident: str) -> tuple[str, str, str]:
+    """(server id, task id, stage) of the server's running cold migration or rescue."""
+    server = find_server(session, ident, full=False)
+    task = session.get(Task, server.task_id) if server.task_id else None
+    if task is None or task.kind != TaskKind.SERVER_MIGRATE:
+        raise FailedPrecondition(f"server {server.name} is {server.status.value}, not being "
+                                 "migrated cold", state=server.status.value)
+    return server.id, task.id, task.stage
+
+
 class ColdMigrationApi:
-    """MigrateServer, MigrateServers."""
+    """MigrateServer, MigrateServers, CancelMigrate."""
 
     parts: MigrationParts
 
@@ -43,3 +61,24 @@ class ColdMigrationApi:
             pb.MigrateServerResult(server_id=r.server_id, server_name=r.server_name,
                                    task_id=r.task_id, error=r.error, error_reason=r.error_reason)
             for r in results])
+
+    async def CancelMigrate(self, request: pb.CancelMigrateRequest,
+                            context) -> pb.CancelMigrateResponse:
+        check_ident("id", request.id)
+        db = self.parts.servers.db
+        server_id, task_id, _ = await db.read(_cold_task, request.id)
+        # Flag first, then look at the stage: a task that already passed its last check
+        # has written a later stage, which this read then sees.
+        cold.CANCEL_REQUESTS.add(task_id)
+        try:
+            _, now_task, stage = await db.read(_cold_task, request.id)
+        except FailedPrecondition:
+            cold.CANCEL_REQUESTS.discard(task_id)  # it just ended
+            raise
+        if now_task != task_id or stage not in cold.CANCELLABLE_STAGES:
+            cold.CANCEL_REQUESTS.discard(task_id)
+            raise FailedPrecondition(
+                f"the migration is at stage {stage}: the server already points at its target "
+                "host and the migration completes there", state=stage)
+        record = await db.query(reads.get_server, server_id)
+        return pb.CancelMigrateResponse(server=convert.server_record(record), task_id=task_id)

@@ -33,6 +33,12 @@ from ..states import HostHealth, ServerStatus, StorageKind
 
 log = logging.getLogger(__name__)
 
+#: Task ids of cold migrations an operator cancelled; the task checks it between steps and
+#: while the copy streams progress (held in memory, like live migration's).
+CANCEL_REQUESTS: set[str] = set()
+#: Stages a cancel can still stop: before the database points at the target.
+CANCELLABLE_STAGES = frozenset({"queued", "schedule", "copy"})
+
 #: Statuses a cold migration starts from (migrate_failed: a retry).
 COLD_FROM = frozenset({ServerStatus.READY, ServerStatus.MIGRATE_FAILED})
 #: Statuses a rescue starts from: whatever the server was when its host died.

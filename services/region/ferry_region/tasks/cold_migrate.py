@@ -25,7 +25,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import ClassVar
 
-from ferry_common.errors import NotFound
+from ferry_common.errors import Aborted, NotFound
 from ferry_proto.host.v1 import migration_pb2
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -97,14 +97,22 @@ class ServerMigrateTask(TaskDefinition):
     }
     STAGE_TIMEOUTS: ClassVar[Mapping[MigrateStage, float]] = {M.QUEUED: 24 * 3600.0, M.COPY: 6 * 3600.0}
 
+    @staticmethod
+    def _check_cancel(ctx: TaskContext) -> None:
+        if ctx.task.id in cold.CANCEL_REQUESTS:
+            cold.CANCEL_REQUESTS.discard(ctx.task.id)
+            raise Aborted("migration cancelled by the operator", reason="CANCELLED")
+
     # --- forward ---
 
     async def stage_queued(self, ctx: TaskContext) -> StepResult:
         limit = int(ctx.params.get("max_in_flight") or 0)
+        self._check_cancel(ctx)
         if limit <= 0:
             return StepResult(next=M.SCHEDULE)
         source = ctx.params.get("source_host_id", "")
         while True:
+            self._check_cancel(ctx)
             async with _schedule_lock:
                 ok, full = await ctx.deps.db.read(_in_flight, ctx.task.id, source, limit)
                 if ok and not (ctx.params.get("prefer_host") in full):
@@ -125,6 +133,7 @@ class ServerMigrateTask(TaskDefinition):
             req.exclude_host_ids.extend(h for h in exclude if h not in req.exclude_host_ids)
             return req, server.host_id or ""
 
+        self._check_cancel(ctx)
         req, source = await ctx.deps.db.read(build)
         resp = await ctx.deps.scheduler.select_host(
             req, timeout=ctx.deps.config.timeouts.scheduler_call)
@@ -151,6 +160,7 @@ class ServerMigrateTask(TaskDefinition):
         return spec
 
     async def stage_copy(self, ctx: TaskContext) -> StepResult:
+        self._check_cancel(ctx)
         data: dict = {}
         rid = ctx.data.get("reservation_id")
         if rid and not ctx.data.get("confirmed"):
@@ -181,6 +191,8 @@ class ServerMigrateTask(TaskDefinition):
             last = msg
             if msg.done:
                 break
+            # Leaving the stream cancels the call: the target stops and keeps what it verified.
+            self._check_cancel(ctx)
             if throttle.due():
                 await ctx.deps.db.write(cold.set_progress, ctx.server_id,
                                         cold.progress_dict(msg.stats, msg.resumed_bytes))
@@ -197,6 +209,7 @@ class ServerMigrateTask(TaskDefinition):
         return StepResult(next=M.SWITCH, data=data)
 
     async def stage_switch(self, ctx: TaskContext) -> StepResult:
+        self._check_cancel(ctx)  # the last moment: after this the server lives on the target
         target = ctx.data["target_host_id"]
         source = ctx.data.get("source_host_id", "")
         plans = ctx.data["plans"]
