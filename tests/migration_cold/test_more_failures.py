@@ -166,3 +166,32 @@ def test_cancel_mid_copy_keeps_the_server_on_its_source_and_a_retry_resumes(
     assert t.progress.resumed_bytes >= 8 * MIB
     qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
     climc(ccluster, "server-delete", "--wait", "cm-cancel")
+
+
+def test_bandwidth_cap_changes_while_the_disks_copy(ccluster, cclient, cimage, tmp_path) -> None:
+    _s, _data, keep, target = _make(ccluster, cclient, "cm-bw", 48, tmp_path)
+    idle = climc(ccluster, "server-set-migrate-params", "--max-bandwidth-mb", "5", "cm-bw",
+                 check=False)
+    assert idle.returncode != 0 and "not being migrated cold" in idle.stderr, idle.stderr
+    bad = climc(ccluster, "server-set-migrate-params", "--max-bandwidth-mb", "-1", "cm-bw",
+                check=False)
+    assert bad.returncode != 0
+    resp = cclient.migrations.migrate("cm-bw", prefer_host=target.host_id, max_bandwidth_mb=4)
+    until(lambda: cclient.servers.get("cm-bw").progress.disk_bytes_done >= 8 * MIB, 60,
+          "8 MiB copied")
+    # At 4 MB/s the next 8 MB take about 2 s.
+    t0, d0 = time.monotonic(), cclient.servers.get("cm-bw").progress.disk_bytes_done
+    time.sleep(2.0)
+    rate = (cclient.servers.get("cm-bw").progress.disk_bytes_done - d0) / (time.monotonic() - t0)
+    assert rate < 7e6, f"capped at 4 MB/s, copied at {rate / 1e6:.1f} MB/s"
+    out = climc(ccluster, "server-set-migrate-params", "--max-bandwidth-mb", "0", "cm-bw")
+    assert "unlimited" in out.stdout
+    started = time.monotonic()
+    cclient.wait_task(resp.task_id, timeout=60)
+    assert time.monotonic() - started < 6, "the rest (~30 MB) should go at full speed"
+    t = cclient.servers.get("cm-bw")
+    assert t.status == rpb.SERVER_STATUS_READY and t.host_id == target.host_id
+    qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
+    log = (ccluster.plan.logs / f"{target.name}.log").read_text(errors="replace")
+    assert "set to unlimited" in log
+    climc(ccluster, "server-delete", "--wait", "cm-bw")

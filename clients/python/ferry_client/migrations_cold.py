@@ -1,4 +1,4 @@
-"""SDK calls of the region's MigrationService: migrate, migrate_many, cancel_migrate (issue 5)."""
+"""SDK calls of the region's MigrationService: migrate, migrate_many, cancel_migrate, set_migrate_params (issue 5)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,11 @@ class ColdMigrationsMixin:
         """Cancel a cold migration or rescue before its switch to the target; the server stays
         on its source (migrate_failed, CANCELLED) and a retry resumes the verified copy."""
         return self._c.call(self._stub.CancelMigrate, pb.CancelMigrateRequest(id=id), timeout)
+
+    def set_migrate_params(self, id: str, *, max_bandwidth_mb: int,
+                           timeout: Any = _UNSET) -> pb.SetMigrateParamsResponse:
+        """Change the bandwidth cap (MB/s for the whole server, 0 = unlimited) while the
+        server's disks copy."""
+        return self._c.call(self._stub.SetMigrateParams,
+                            pb.SetMigrateParamsRequest(id=id, max_bandwidth_mb=max_bandwidth_mb),
+                            timeout)

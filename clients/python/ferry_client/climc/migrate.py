@@ -89,6 +89,17 @@ def cmd_cancel(ctx: Context, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set_params(ctx: Context, a: argparse.Namespace) -> int:
+    resp = ctx.client.migrations.set_migrate_params(a.id, max_bandwidth_mb=a.max_bandwidth_mb)
+    if ctx.out.json:
+        ctx.out.emit_json({"server": resp.server, "task_id": resp.task_id})
+    else:
+        cap = f"{a.max_bandwidth_mb} MB/s" if a.max_bandwidth_mb else "unlimited"
+        ctx.out.write(f"Bandwidth cap of the copy of server {resp.server.name or a.id} set to "
+                      f"{cap}")
+    return 0
+
+
 def register(reg: Registry) -> None:
     """Adds this group's commands to climc."""
     p = reg.command("server-migrate", "Migrate server", cmd_migrate)
@@ -105,6 +116,12 @@ def register(reg: Registry) -> None:
 
     p = reg.command("server-cancel-migrate", "Cancel a cold migration before the server switches "
                     "to its target host; it stays on its source host", cmd_cancel)
+    p.add_argument("id", metavar="ID", help="ID of server")
+
+    p = reg.command("server-set-migrate-params", "Change the bandwidth cap of a cold migration "
+                    "while its disks copy", cmd_set_params)
+    p.add_argument("--max-bandwidth-mb", metavar="MB", type=non_negative_int, required=True,
+                   help="New cap in MB/s for the whole server, 0 for unlimited")
     p.add_argument("id", metavar="ID", help="ID of server")
 
     p = reg.command("servers-migrate", "Cold-migrate several servers, or every stopped server "

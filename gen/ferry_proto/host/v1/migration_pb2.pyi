@@ -763,7 +763,7 @@ class PullDisksRequest(_message.Message):
     source_address: _builtins.str
     """Source agent host:port."""
     max_bandwidth_mb: _builtins.int
-    """Bandwidth cap in MB/s; 0 means unlimited."""
+    """Bandwidth cap in MB/s for all disks together; 0 means unlimited. The target paces its reads."""
     region_address: _builtins.str
     """Region address to download backing images from."""
     @_builtins.property
@@ -836,3 +836,46 @@ class PullDisksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PullDisksResponse: _TypeAlias = PullDisksResponse  # noqa: Y015
+
+@_typing.final
+class SetPullBandwidthRequest(_message.Message):
+    """SetPullBandwidthRequest names a guest whose disks are being pulled here."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GUEST_ID_FIELD_NUMBER: _builtins.int
+    MAX_BANDWIDTH_MB_FIELD_NUMBER: _builtins.int
+    guest_id: _builtins.str
+    """Server id."""
+    max_bandwidth_mb: _builtins.int
+    """New cap in MB/s for all of the guest's disks together; 0 means unlimited."""
+    def __init__(
+        self,
+        *,
+        guest_id: _builtins.str = ...,
+        max_bandwidth_mb: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guest_id", b"guest_id", "max_bandwidth_mb", b"max_bandwidth_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPullBandwidthRequest: _TypeAlias = SetPullBandwidthRequest  # noqa: Y015
+
+@_typing.final
+class SetPullBandwidthResponse(_message.Message):
+    """SetPullBandwidthResponse acknowledges the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPullBandwidthResponse: _TypeAlias = SetPullBandwidthResponse  # noqa: Y015

@@ -84,6 +84,11 @@ class MigrationAgentServiceStub:
                 request_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.PullDisksRequest.SerializeToString,
                 response_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.PullDisksResponse.FromString,
                 _registered_method=True)
+        self.SetPullBandwidth = channel.unary_unary(
+                '/ferry.host.v1.MigrationAgentService/SetPullBandwidth',
+                request_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.SetPullBandwidthRequest.SerializeToString,
+                response_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.SetPullBandwidthResponse.FromString,
+                _registered_method=True)
 
 
 class MigrationAgentServiceServicer:
@@ -158,6 +163,13 @@ class MigrationAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPullBandwidth(self, request, context):
+        """Target: changes the bandwidth cap of a running PullDisks (all its disks together).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MigrationAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +217,11 @@ def add_MigrationAgentServiceServicer_to_server(servicer, server):
                     servicer.PullDisks,
                     request_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.PullDisksRequest.FromString,
                     response_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.PullDisksResponse.SerializeToString,
+            ),
+            'SetPullBandwidth': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPullBandwidth,
+                    request_deserializer=ferry_dot_host_dot_v1_dot_migration__pb2.SetPullBandwidthRequest.FromString,
+                    response_serializer=ferry_dot_host_dot_v1_dot_migration__pb2.SetPullBandwidthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -455,6 +472,33 @@ class MigrationAgentService:
             '/ferry.host.v1.MigrationAgentService/PullDisks',
             ferry_dot_host_dot_v1_dot_migration__pb2.PullDisksRequest.SerializeToString,
             ferry_dot_host_dot_v1_dot_migration__pb2.PullDisksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPullBandwidth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.host.v1.MigrationAgentService/SetPullBandwidth',
+            ferry_dot_host_dot_v1_dot_migration__pb2.SetPullBandwidthRequest.SerializeToString,
+            ferry_dot_host_dot_v1_dot_migration__pb2.SetPullBandwidthResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,8 @@ class MigrationAgentServiceStub:
     """
     PullDisks: _grpc.UnaryStreamMultiCallable[_migration_pb2.PullDisksRequest, _migration_pb2.PullDisksResponse]
     """Target: copies a stopped guest's local disks from the source host, resuming from verified chunks."""
+    SetPullBandwidth: _grpc.UnaryUnaryMultiCallable[_migration_pb2.SetPullBandwidthRequest, _migration_pb2.SetPullBandwidthResponse]
+    """Target: changes the bandwidth cap of a running PullDisks (all its disks together)."""
 
 @_typing.type_check_only
 class MigrationAgentServiceAsyncStub(MigrationAgentServiceStub):
@@ -89,6 +91,8 @@ class MigrationAgentServiceAsyncStub(MigrationAgentServiceStub):
     """
     PullDisks: _aio.UnaryStreamMultiCallable[_migration_pb2.PullDisksRequest, _migration_pb2.PullDisksResponse]  # type: ignore[assignment]
     """Target: copies a stopped guest's local disks from the source host, resuming from verified chunks."""
+    SetPullBandwidth: _aio.UnaryUnaryMultiCallable[_migration_pb2.SetPullBandwidthRequest, _migration_pb2.SetPullBandwidthResponse]  # type: ignore[assignment]
+    """Target: changes the bandwidth cap of a running PullDisks (all its disks together)."""
 
 class MigrationAgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """MigrationAgentService runs the host side of migrations. The region drives
@@ -171,5 +175,13 @@ class MigrationAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_migration_pb2.PullDisksResponse], _abc.AsyncIterator[_migration_pb2.PullDisksResponse]]:
         """Target: copies a stopped guest's local disks from the source host, resuming from verified chunks."""
+
+    @_abc_1.abstractmethod
+    def SetPullBandwidth(
+        self,
+        request: _migration_pb2.SetPullBandwidthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migration_pb2.SetPullBandwidthResponse, _abc.Awaitable[_migration_pb2.SetPullBandwidthResponse]]:
+        """Target: changes the bandwidth cap of a running PullDisks (all its disks together)."""
 
 def add_MigrationAgentServiceServicer_to_server(servicer: MigrationAgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -370,6 +370,60 @@ class CancelMigrateResponse(_message.Message):
 Global___CancelMigrateResponse: _TypeAlias = CancelMigrateResponse  # noqa: Y015
 
 @_typing.final
+class SetMigrateParamsRequest(_message.Message):
+    """SetMigrateParamsRequest changes a running cold migration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MAX_BANDWIDTH_MB_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server id or name."""
+    max_bandwidth_mb: _builtins.int
+    """New bandwidth cap in MB/s for the whole server's copy; 0 means unlimited."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        max_bandwidth_mb: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "max_bandwidth_mb", b"max_bandwidth_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMigrateParamsRequest: _TypeAlias = SetMigrateParamsRequest  # noqa: Y015
+
+@_typing.final
+class SetMigrateParamsResponse(_message.Message):
+    """SetMigrateParamsResponse acknowledges the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the migration task."""
+    @_builtins.property
+    def server(self) -> _resources_pb2.Server:
+        """The server."""
+
+    def __init__(
+        self,
+        *,
+        server: _resources_pb2.Server | None = ...,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server", b"server", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMigrateParamsResponse: _TypeAlias = SetMigrateParamsResponse  # noqa: Y015
+
+@_typing.final
 class SetLiveMigrateParamsRequest(_message.Message):
     """SetLiveMigrateParamsRequest changes a running live migration."""
 

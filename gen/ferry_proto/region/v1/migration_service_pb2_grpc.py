@@ -63,6 +63,11 @@ class MigrationServiceStub:
                 request_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateRequest.SerializeToString,
                 response_deserializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateResponse.FromString,
                 _registered_method=True)
+        self.SetMigrateParams = channel.unary_unary(
+                '/ferry.region.v1.MigrationService/SetMigrateParams',
+                request_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.SetMigrateParamsRequest.SerializeToString,
+                response_deserializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.SetMigrateParamsResponse.FromString,
+                _registered_method=True)
         self.SetLiveMigrateParams = channel.unary_unary(
                 '/ferry.region.v1.MigrationService/SetLiveMigrateParams',
                 request_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.SetLiveMigrateParamsRequest.SerializeToString,
@@ -123,6 +128,13 @@ class MigrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMigrateParams(self, request, context):
+        """Changes the bandwidth cap of a cold migration while its disks copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetLiveMigrateParams(self, request, context):
         """Changes the bandwidth cap or downtime limit of a running live migration.
         """
@@ -171,6 +183,11 @@ def add_MigrationServiceServicer_to_server(servicer, server):
                     servicer.CancelMigrate,
                     request_deserializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateRequest.FromString,
                     response_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateResponse.SerializeToString,
+            ),
+            'SetMigrateParams': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMigrateParams,
+                    request_deserializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.SetMigrateParamsRequest.FromString,
+                    response_serializer=ferry_dot_region_dot_v1_dot_migration__service__pb2.SetMigrateParamsResponse.SerializeToString,
             ),
             'SetLiveMigrateParams': grpc.unary_unary_rpc_method_handler(
                     servicer.SetLiveMigrateParams,
@@ -327,6 +344,33 @@ class MigrationService:
             '/ferry.region.v1.MigrationService/CancelMigrate',
             ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateRequest.SerializeToString,
             ferry_dot_region_dot_v1_dot_migration__service__pb2.CancelMigrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMigrateParams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.region.v1.MigrationService/SetMigrateParams',
+            ferry_dot_region_dot_v1_dot_migration__service__pb2.SetMigrateParamsRequest.SerializeToString,
+            ferry_dot_region_dot_v1_dot_migration__service__pb2.SetMigrateParamsResponse.FromString,
             options,
             channel_credentials,
             insecure,

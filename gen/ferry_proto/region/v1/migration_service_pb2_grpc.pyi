@@ -49,6 +49,8 @@ class MigrationServiceStub:
     """Cancels a cold migration or rescue before the server is switched to its target; it stays
     on its source (migrate_failed, reason CANCELLED) and a retry resumes the verified copy.
     """
+    SetMigrateParams: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.SetMigrateParamsRequest, _migration_service_pb2.SetMigrateParamsResponse]
+    """Changes the bandwidth cap of a cold migration while its disks copy."""
     SetLiveMigrateParams: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.SetLiveMigrateParamsRequest, _migration_service_pb2.SetLiveMigrateParamsResponse]
     """Changes the bandwidth cap or downtime limit of a running live migration."""
     ForecastMigration: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.ForecastMigrationRequest, _migration_service_pb2.ForecastMigrationResponse]
@@ -77,6 +79,8 @@ class MigrationServiceAsyncStub(MigrationServiceStub):
     """Cancels a cold migration or rescue before the server is switched to its target; it stays
     on its source (migrate_failed, reason CANCELLED) and a retry resumes the verified copy.
     """
+    SetMigrateParams: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.SetMigrateParamsRequest, _migration_service_pb2.SetMigrateParamsResponse]  # type: ignore[assignment]
+    """Changes the bandwidth cap of a cold migration while its disks copy."""
     SetLiveMigrateParams: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.SetLiveMigrateParamsRequest, _migration_service_pb2.SetLiveMigrateParamsResponse]  # type: ignore[assignment]
     """Changes the bandwidth cap or downtime limit of a running live migration."""
     ForecastMigration: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.ForecastMigrationRequest, _migration_service_pb2.ForecastMigrationResponse]  # type: ignore[assignment]
@@ -132,6 +136,14 @@ class MigrationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Cancels a cold migration or rescue before the server is switched to its target; it stays
         on its source (migrate_failed, reason CANCELLED) and a retry resumes the verified copy.
         """
+
+    @_abc_1.abstractmethod
+    def SetMigrateParams(
+        self,
+        request: _migration_service_pb2.SetMigrateParamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migration_service_pb2.SetMigrateParamsResponse, _abc.Awaitable[_migration_service_pb2.SetMigrateParamsResponse]]:
+        """Changes the bandwidth cap of a cold migration while its disks copy."""
 
     @_abc_1.abstractmethod
     def SetLiveMigrateParams(

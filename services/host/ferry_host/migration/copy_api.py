@@ -13,6 +13,7 @@ from ferry_proto.host.v1 import migration_pb2 as pb
 from .. import convert
 from ..model import GuestState
 from . import wire
+from .bandwidth import Pacer
 from .exporter import TICKET_TTL
 from .filemap import describe
 from .puller import Progress, pull_disks
@@ -20,6 +21,7 @@ from .puller import Progress, pull_disks
 log = logging.getLogger(__name__)
 
 TICK = 0.5
+MB = 1_000_000
 
 
 class DiskCopyHandlers:
@@ -60,7 +62,9 @@ class DiskCopyHandlers:
         locks = self.__dict__.setdefault("_pull_locks", defaultdict(asyncio.Lock))
         async with locks[guest_id]:
             progress = Progress()
-            job = asyncio.create_task(pull_disks(self.agent, request, progress),
+            pacer = Pacer(request.max_bandwidth_mb * MB)
+            self._pacers[guest_id] = pacer
+            job = asyncio.create_task(pull_disks(self.agent, request, progress, pacer),
                                       name=f"pull-{guest_id}")
             try:
                 while not job.done():
@@ -87,6 +91,24 @@ class DiskCopyHandlers:
                                            resumed_bytes=progress.resumed,
                                            disks=convert.guest(view).disks)
             finally:
+                self._pacers.pop(guest_id, None)
                 if not job.done():
                     job.cancel()
                     await asyncio.gather(job, return_exceptions=True)
+
+    @property
+    def _pacers(self) -> dict[str, Pacer]:
+        return self.__dict__.setdefault("_pull_pacers", {})
+
+    async def SetPullBandwidth(self, request, context):
+        check_ident("guest_id", request.guest_id)
+        if request.max_bandwidth_mb < 0:
+            raise InvalidArgument("max_bandwidth_mb", "must not be negative")
+        pacer = self._pacers.get(request.guest_id)
+        if pacer is None:
+            raise FailedPrecondition(f"no disk copy of guest {request.guest_id} runs here",
+                                     state="NOT_PULLING")
+        pacer.set_rate(request.max_bandwidth_mb * MB)
+        log.info("bandwidth cap of the copy of guest %s set to %s", request.guest_id,
+                 f"{request.max_bandwidth_mb} MB/s" if request.max_bandwidth_mb else "unlimited")
+        return pb.SetPullBandwidthResponse()

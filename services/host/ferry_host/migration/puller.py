@@ -35,6 +35,7 @@ from ferry_proto.host.v1 import migration_pb2_grpc as pb_grpc
 from .. import convert
 from ..storage import StorageError, StorageFull, _run
 from . import wire
+from .bandwidth import Pacer
 from .journal import PART_DIR, Journal, JournalState, remove_work
 from .receiver import ChecksumMismatch, Receiver
 
@@ -48,8 +49,7 @@ CHECKSUM_RETRIES = 2
 CONNECT_WAIT = 10.0
 RPC_TIMEOUT = 60.0
 CHUNK_SIZE = 4 * 1024 * 1024
-#: Disks copied at once. A bandwidth cap applies per data stream, so capped copies
-#: go one disk at a time.
+#: Disks copied at once (one bandwidth cap covers them together).
 PARALLEL = 4
 #: A partial copy not resumed for this long is removed by the next pull on this host.
 WORK_TTL = 24 * 3600.0
@@ -129,8 +129,9 @@ class Checkpointer:
 
 class DiskPull:
     def __init__(self, agent, request: pb.PullDisksRequest, copy: pb.DiskCopy,
-                 progress: Progress) -> None:
+                 progress: Progress, pacer: Pacer) -> None:
         self.agent = agent
+        self.pacer = pacer
         self.req = request
         self.copy = copy
         self.p = progress
@@ -269,9 +270,10 @@ class DiskPull:
 
             receiver = Receiver(sock, fd, self.copy.disk_id, on_chunk=on_chunk,
                                 use_splice=not isinstance(sock, ssl.SSLSocket),
-                                start=state.next_offset, end=layout.file_size)
-            bandwidth = self.req.max_bandwidth_mb * 1_000_000
-            request = wire.Request(export.ticket, state.next_offset, CHUNK_SIZE, bandwidth)
+                                start=state.next_offset, end=layout.file_size,
+                                pacer=self.pacer)
+            # This side paces (one cap for every disk, changeable mid-copy): the source doesn't.
+            request = wire.Request(export.ticket, state.next_offset, CHUNK_SIZE, 0)
             job = asyncio.ensure_future(asyncio.to_thread(self._receive, receiver, request))
             try:
                 await asyncio.shield(job)
@@ -354,7 +356,7 @@ async def _run_pulls(pulls: list[DiskPull], stub, parallel: int) -> None:
         raise failed[0].exception()  # type: ignore[misc]
 
 
-async def pull_disks(agent, request: pb.PullDisksRequest, progress: Progress):
+async def pull_disks(agent, request: pb.PullDisksRequest, progress: Progress, pacer: Pacer):
     """Copies every disk, then registers the guest here; returns its view."""
     await asyncio.to_thread(sweep_stale_work, agent, request.spec.guest_id)
     definition = convert.guest_def(request.spec)
@@ -366,8 +368,8 @@ async def pull_disks(agent, request: pb.PullDisksRequest, progress: Progress):
             pass  # ExportDisk reports the failure
         stub = pb_grpc.MigrationAgentServiceStub(channel)
         try:
-            pulls = [DiskPull(agent, request, copy, progress) for copy in request.disks]
-            await _run_pulls(pulls, stub, parallel=1 if request.max_bandwidth_mb else PARALLEL)
+            pulls = [DiskPull(agent, request, copy, progress, pacer) for copy in request.disks]
+            await _run_pulls(pulls, stub, parallel=PARALLEL)
             # Every disk verified: only now do they take their final paths.
             for pull in pulls:
                 if pull.journal.done.exists():

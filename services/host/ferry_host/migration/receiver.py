@@ -24,6 +24,7 @@ from ferry_common.errors import Internal
 from ..errors import HostError
 from ..storage import StorageFull
 from . import wire
+from .bandwidth import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,14 @@ class Receiver:
 
     def __init__(self, sock: socket.socket, fd: int, disk: str, *, use_splice: bool,
                  on_chunk: Callable[[int, int], None], start: int = 0,
-                 end: int | None = None) -> None:
+                 end: int | None = None, pacer: Pacer | None = None) -> None:
         self.sock, self.fd, self.disk = sock, fd, disk
         #: Chunks must lie within [start, end) in increasing order (end: the part's size).
         self.start = start
         self.end = os.fstat(fd).st_size if end is None else end
         self.use_splice = use_splice
         self.on_chunk = on_chunk
+        self.pacer = pacer
         self.received = 0
         self._aborted = threading.Event()
         self._buf = bytearray(wire.MAX_CHUNK)
@@ -72,6 +74,8 @@ class Receiver:
     def abort(self) -> None:
         """Unblocks run() from another thread; it then raises DataChannelError."""
         self._aborted.set()
+        if self.pacer is not None:
+            self.pacer.wake()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -121,6 +125,8 @@ class Receiver:
                 start_writeback(self.fd, offset, length)
                 self.received += length
                 self.on_chunk(offset, length)
+                if self.pacer is not None:
+                    self.pacer.take(length, self._aborted)
         finally:
             if pipe is not None:
                 os.close(pipe[0])

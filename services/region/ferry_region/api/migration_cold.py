@@ -5,20 +5,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ferry_common.errors import FailedPrecondition
-from ferry_common.validation import check_ident
+from ferry_common.validation import check_ident, check_range
+from ferry_proto.host.v1 import migration_pb2 as mpb
 from ferry_proto.region.v1 import migration_service_pb2 as pb
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from ..db import server_reads as reads
-from ..db.models import Task
+from ..db.models import Host, Task
 from ..db.queries import find_server
-from ..migration import cold
+from ..migration import cold, live
 from ..migration.cold_requests import ColdMigrations, MigrateOptions
 from ..states import TaskKind
 from . import convert
 
 if TYPE_CHECKING:
     from .migration_service import MigrationParts
+
+
+MAX_BANDWIDTH_MB = 1_000_000
 
 
 def _cold_task(session: Session, ident: str) -> tuple[str, str, str]:
@@ -31,8 +36,23 @@ def _cold_task(session: Session, ident: str) -> tuple[str, str, str]:
     return server.id, task.id, task.stage
 
 
+def _set_bandwidth(session: Session, ident: str, mb: int) -> tuple[str, str, str]:
+    """Records the new cap in the copying task (a resumed copy uses it); returns (server id,
+    task id, target agent address)."""
+    server_id, task_id, stage = _cold_task(session, ident)
+    if stage != "copy":
+        raise FailedPrecondition(f"the migration is at stage {stage}, not copying disks",
+                                 state=stage)
+    task = session.get(Task, task_id)
+    assert task is not None
+    target = session.get(Host, (task.data or {}).get("target_host_id", ""))
+    session.execute(update(Task).where(Task.id == task_id)
+                    .values(params={**(task.params or {}), "max_bandwidth_mb": mb}))
+    return server_id, task_id, target.access_address if target else ""
+
+
 class ColdMigrationApi:
-    """MigrateServer, MigrateServers, CancelMigrate."""
+    """MigrateServer, MigrateServers, CancelMigrate, SetMigrateParams."""
 
     parts: MigrationParts
 
@@ -82,3 +102,18 @@ class ColdMigrationApi:
                 "host and the migration completes there", state=stage)
         record = await db.query(reads.get_server, server_id)
         return pb.CancelMigrateResponse(server=convert.server_record(record), task_id=task_id)
+
+    async def SetMigrateParams(self, request: pb.SetMigrateParamsRequest,
+                               context) -> pb.SetMigrateParamsResponse:
+        check_ident("id", request.id)
+        mb = check_range("max_bandwidth_mb", request.max_bandwidth_mb, 0, MAX_BANDWIDTH_MB)
+        db = self.parts.servers.db
+        server_id, task_id, address = await db.write(_set_bandwidth, request.id, mb)
+        if not address:
+            raise FailedPrecondition("the migration's target host is unknown", state="copy")
+        agents = live.LiveAgents.of(self.parts.deps.agents)
+        await agents.call(address, "SetPullBandwidth",
+                          mpb.SetPullBandwidthRequest(guest_id=server_id, max_bandwidth_mb=mb),
+                          self.parts.deps.config.timeouts.agent_call)
+        record = await db.query(reads.get_server, server_id)
+        return pb.SetMigrateParamsResponse(server=convert.server_record(record), task_id=task_id)
