@@ -195,3 +195,24 @@ def test_bandwidth_cap_changes_while_the_disks_copy(ccluster, cclient, cimage, t
     log = (ccluster.plan.logs / f"{target.name}.log").read_text(errors="replace")
     assert "set to unlimited" in log
     climc(ccluster, "server-delete", "--wait", "cm-bw")
+
+
+def test_cancel_survives_a_region_restart(ccluster, cclient, cimage, tmp_path) -> None:
+    s, data, keep, target = _make(ccluster, cclient, "cm-cr", 40, tmp_path)
+    resp = cclient.migrations.migrate("cm-cr", prefer_host=target.host_id, max_bandwidth_mb=4)
+    until(lambda: cclient.servers.get("cm-cr").progress.disk_bytes_done >= 4 * MIB, 60,
+          "4 MiB copied")
+    cclient.migrations.cancel_migrate("cm-cr")
+    # Killed at once: the task may not have seen the cancel yet; the restarted region must.
+    ccluster.stop_process("region", sig=signal.SIGKILL)
+    ccluster.start_process("region")
+    with pytest.raises(TaskFailed) as e:
+        cclient.wait_task(resp.task_id, timeout=60)
+    assert "cancelled by the operator" in str(e.value)
+    f = cclient.servers.get("cm-cr")
+    assert f.status == rpb.SERVER_STATUS_MIGRATE_FAILED and f.host_id == s.host_id
+    qemu_img("compare", "-q", str(keep), data.path)
+    assert not Path(target.local_storage, "disks", f"{data.id}.qcow2").exists()
+    climc(ccluster, "server-delete", "--wait", "cm-cr")
+    until(lambda: all(h.status == rpb.HOST_STATUS_RUNNING for h in cclient.hosts.list()), 60,
+          "every agent to re-register")

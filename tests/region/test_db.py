@@ -51,7 +51,7 @@ def status_of(db: Database, sid: str) -> ServerStatus:
 
 
 def test_migration_applies_and_matches_models(db):
-    assert current_revision(db.engine) == "0002"
+    assert current_revision(db.engine) == "0003"
     tables = set(inspect(db.engine).get_table_names())
     assert {"hosts", "storages", "host_storages", "networks", "host_networks", "servers",
             "disks", "server_networks", "images", "tasks"} <= tables

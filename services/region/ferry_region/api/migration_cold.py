@@ -17,6 +17,7 @@ from ..db.queries import find_server
 from ..migration import cold, live
 from ..migration.cold_requests import ColdMigrations, MigrateOptions
 from ..states import TaskKind
+from ..tasks.store import request_cancel, withdraw_cancel
 from . import convert
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class ColdMigrationApi:
         # Flag first, then look at the stage: a task that already passed its last check
         # has written a later stage, which this read then sees.
         cold.CANCEL_REQUESTS.add(task_id)
+        await db.write(request_cancel, task_id)  # a restarted region honours it too
         try:
             _, now_task, stage = await db.read(_cold_task, request.id)
         except FailedPrecondition:
@@ -97,6 +99,7 @@ class ColdMigrationApi:
             raise
         if now_task != task_id or stage not in cold.CANCELLABLE_STAGES:
             cold.CANCEL_REQUESTS.discard(task_id)
+            await db.write(withdraw_cancel, task_id)
             raise FailedPrecondition(
                 f"the migration is at stage {stage}: the server already points at its target "
                 "host and the migration completes there", state=stage)

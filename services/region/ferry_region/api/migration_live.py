@@ -19,7 +19,7 @@ from ..db.transitions import acquire_server
 from ..migration import live
 from ..states import ServerStatus, TaskKind, TaskState
 from ..tasks.live_migrate import ServerLiveMigrateTask
-from ..tasks.store import insert_task, snapshot
+from ..tasks.store import insert_task, request_cancel, snapshot
 from . import convert
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class LiveMigrationApi:
         db = self.parts.servers.db
         server_id, task_id, address = await db.read(_live_task, request.id)
         live.CANCEL_REQUESTS.add(task_id)
+        await db.write(request_cancel, task_id)  # a restarted region honours it too
         if address:
             agents = live.LiveAgents.of(self.parts.deps.agents)
             try:

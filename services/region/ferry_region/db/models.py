@@ -273,6 +273,8 @@ class Task(Base):
     error_reason: Mapped[str] = mapped_column(String(ID), default="")
     history: Mapped[list[str]] = mapped_column(JSON, default=list)
     resume_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: An operator asked to cancel (a migration); kept so a restarted region honours it.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -70,6 +70,7 @@ class TaskSnapshot:
     resume_count: int
     error: str
     error_reason: str
+    cancel_requested: bool = False
 
 
 class TaskContext:

@@ -99,7 +99,7 @@ class ServerMigrateTask(TaskDefinition):
 
     @staticmethod
     def _check_cancel(ctx: TaskContext) -> None:
-        if ctx.task.id in cold.CANCEL_REQUESTS:
+        if ctx.task.id in cold.CANCEL_REQUESTS or ctx.task.cancel_requested:
             cold.CANCEL_REQUESTS.discard(ctx.task.id)
             raise Aborted("migration cancelled by the operator", reason="CANCELLED")
 

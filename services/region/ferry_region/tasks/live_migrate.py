@@ -119,7 +119,7 @@ class ServerLiveMigrateTask(TaskDefinition):
         return live.LiveAgents.of(ctx.deps.agents)
 
     def _check_cancel(self, ctx: TaskContext) -> None:
-        if ctx.task.id in live.CANCEL_REQUESTS:
+        if ctx.task.id in live.CANCEL_REQUESTS or ctx.task.cancel_requested:
             raise Aborted("live migration cancelled", reason="CANCELLED")
 
     # --- forward ---

@@ -68,7 +68,7 @@ def snapshot(session: Session, task_id: str) -> TaskSnapshot | None:
                         server_id=t.server_id, params=dict(t.params or {}),
                         data=dict(t.data or {}), history=list(t.history or []),
                         resume_count=t.resume_count, error=t.error,
-                        error_reason=t.error_reason)
+                        error_reason=t.error_reason, cancel_requested=bool(t.cancel_requested))
 
 
 def active_tasks(session: Session) -> list[TaskSnapshot]:
@@ -149,3 +149,13 @@ def repair_orphans(session: Session) -> list[str]:
                               reason="left transitional without a running task; repaired at start")
         repaired.append(sid)
     return repaired
+
+
+def request_cancel(session: Session, task_id: str) -> None:
+    """Records an operator's cancel on an active task (the task checks it between steps)."""
+    session.execute(update(Task).where(Task.id == task_id, Task.state.in_(TASK_ACTIVE))
+                    .values(cancel_requested=True))
+
+
+def withdraw_cancel(session: Session, task_id: str) -> None:
+    session.execute(update(Task).where(Task.id == task_id).values(cancel_requested=False))
