@@ -216,3 +216,31 @@ def test_cancel_survives_a_region_restart(ccluster, cclient, cimage, tmp_path) -
     climc(ccluster, "server-delete", "--wait", "cm-cr")
     until(lambda: all(h.status == rpb.HOST_STATUS_RUNNING for h in cclient.hosts.list()), 60,
           "every agent to re-register")
+
+
+def test_a_busy_source_is_asked_again(ccluster, cclient, cimage, tmp_path) -> None:
+    import socket
+
+    from ferry_host.migration.exporter import MAX_SENDERS
+
+    s, _data, keep, target = _make(ccluster, cclient, "cm-busy", 8, tmp_path)
+    source = next(h for h in ccluster.hosts if h.host_id == s.host_id)
+    ip, port = _data_address(ccluster, source)
+    # Every sender slot held by a connection that never sends its request (each is dropped
+    # after the source's 10 s request deadline).
+    hogs = [socket.create_connection((ip, int(port)), timeout=5) for _ in range(MAX_SENDERS)]
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        resp = cclient.migrations.migrate("cm-busy", prefer_host=target.host_id)
+        cclient.wait_task(resp.task_id, timeout=90)
+        assert time.monotonic() - started > 5, "the copy cannot have run while every slot was held"
+    finally:
+        for h in hogs:
+            h.close()
+    t = cclient.servers.get("cm-busy")
+    assert t.status == rpb.SERVER_STATUS_READY and t.host_id == target.host_id
+    qemu_img("compare", "-q", str(keep), sorted(t.disks, key=lambda d: d.index)[1].path)
+    log = (ccluster.plan.logs / f"{target.name}.log").read_text(errors="replace")
+    assert "source is busy" in log and "asking again" in log
+    climc(ccluster, "server-delete", "--wait", "cm-busy")

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 JOURNAL_EVERY = 256 * 1024 * 1024
 JOURNAL_SECONDS = 2.0
 CHECKSUM_RETRIES = 2
+#: A busy source (too many copies at once) is asked again every BUSY_RETRY for BUSY_WAIT.
+BUSY_RETRY = 2.0
+BUSY_WAIT = 300.0
 CONNECT_WAIT = 10.0
 RPC_TIMEOUT = 60.0
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -165,18 +168,32 @@ class DiskPull:
                         self.copy.disk_id)
             self.journal.done.unlink(missing_ok=True)
             self.journal.discard()
-        for attempt in range(CHECKSUM_RETRIES + 1):
+        retries = 0
+        busy_until = time.monotonic() + BUSY_WAIT
+        while True:
             try:
                 await self._attempt(stub)
                 return
+            except wire.SourceBusy as exc:
+                # The source serves MAX_SENDERS copies at once (a host being drained).
+                if time.monotonic() >= busy_until:
+                    raise
+                log.info("disk %s: %s; asking again", self.copy.disk_id, exc.message)
+                await asyncio.sleep(BUSY_RETRY)
             except ChecksumMismatch as exc:
-                if attempt == CHECKSUM_RETRIES:
+                retries += 1
+                if retries > CHECKSUM_RETRIES:
                     raise
                 log.warning("%s; resuming from the last verified chunk", exc.message)
             except wire.SourceChanged as exc:
                 log.warning("disk %s changed on the source (%s); starting over",
                             self.copy.disk_id, exc)
                 self.journal.discard()
+                retries += 1
+                if retries > CHECKSUM_RETRIES:
+                    raise FailedPrecondition(
+                        f"disk {self.copy.disk_id} kept changing on the source while it was "
+                        "copied", state="SOURCE_CHANGING") from exc
 
     async def _backing(self, layout: pb.DiskLayout):
         """The same backing image from this host's cache (downloaded if needed), or None."""

@@ -60,6 +60,12 @@ class DataChannelError(Unavailable, HostError):
     reason = "DATA_CHANNEL_FAILED"
 
 
+class SourceBusy(DataChannelError):
+    """The source serves its maximum of copies; asking again later works."""
+
+    reason = "SOURCE_BUSY"
+
+
 class TicketRefused(FailedPrecondition, HostError):
     reason = "TICKET_REFUSED"
 
@@ -110,6 +116,8 @@ def raise_error(code: int, message: str) -> None:
                             state="BAD_TICKET")
     if code == ErrorCode.READ_FAILED:
         raise SourceReadFailed(f"source could not read the disk: {message}")
+    if code == ErrorCode.BUSY:
+        raise SourceBusy(f"source is busy: {message}")
     raise DataChannelError(f"source data channel: {message}")
 
 
