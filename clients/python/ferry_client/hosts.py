@@ -36,6 +36,12 @@ class HostsAPI:
             req.auto_migrate_on_host_shutdown = on_host_shutdown
         return self._c.call(self._c.host_stub.SetHostAutoMigrate, req, timeout).host
 
+    def set_enabled(self, id: str, enabled: bool, *,
+                    timeout: Any = _UNSET) -> resources_pb2.Host:
+        """Enable or disable a host for scheduling (new servers and migrations)."""
+        req = pb.SetHostEnabledRequest(id=id, enabled=enabled)
+        return self._c.call(self._c.host_stub.SetHostEnabled, req, timeout).host
+
     def watch(self, *, timeout: float | None = None) -> Generator[pb.WatchHostsResponse, None, None]:
         """A snapshot of every host, then batches of changes."""
         return self._c.stream(self._c.host_stub.WatchHosts, pb.WatchHostsRequest(), timeout)

@@ -1,4 +1,4 @@
-"""host-list, host-show."""
+"""host-list, host-show, host-enable, host-disable, host-auto-migrate-on-host-down."""
 
 from __future__ import annotations
 
@@ -43,12 +43,30 @@ def cmd_auto_migrate(ctx: Context, a: argparse.Namespace) -> int:
     return 0
 
 
+def _set_enabled(enabled: bool):
+    def cmd(ctx: Context, a: argparse.Namespace) -> int:
+        host = ctx.client.hosts.set_enabled(a.id, enabled)
+        if ctx.out.json:
+            ctx.out.emit_json(host)
+        else:
+            ctx.out.kv(host_fields(host))
+        return 0
+    return cmd
+
+
 def register(reg: Registry) -> None:
     p = reg.command("host-list", "List hosts", cmd_list)
     p.add_argument("--hypervisor", help="Only hosts of this hypervisor type, e.g. kvm")
     p.add_argument("--search", help="Filter by name substring or exact ID")
 
     p = reg.command("host-show", "Show details of a host", cmd_show)
+    p.add_argument("id", metavar="ID", help="ID or name of host")
+
+    p = reg.command("host-enable", "Enable a host for scheduling", _set_enabled(True))
+    p.add_argument("id", metavar="ID", help="ID or name of host")
+
+    p = reg.command("host-disable", "Disable a host for scheduling: it takes no new server "
+                    "and no migration; its servers keep running", _set_enabled(False))
     p.add_argument("id", metavar="ID", help="ID or name of host")
 
     # Usage line exactly as the seed: shutdown flag, --help, host-down flag, <ID>.

@@ -229,3 +229,53 @@ class SetHostAutoMigrateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetHostAutoMigrateResponse: _TypeAlias = SetHostAutoMigrateResponse  # noqa: Y015
+
+@_typing.final
+class SetHostEnabledRequest(_message.Message):
+    """SetHostEnabledRequest enables or disables one host for scheduling."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Host id or name."""
+    enabled: _builtins.bool
+    """True to enable, false to disable."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHostEnabledRequest: _TypeAlias = SetHostEnabledRequest  # noqa: Y015
+
+@_typing.final
+class SetHostEnabledResponse(_message.Message):
+    """SetHostEnabledResponse returns the host with its new setting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def host(self) -> _resources_pb2.Host:
+        """The host."""
+
+    def __init__(
+        self,
+        *,
+        host: _resources_pb2.Host | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHostEnabledResponse: _TypeAlias = SetHostEnabledResponse  # noqa: Y015

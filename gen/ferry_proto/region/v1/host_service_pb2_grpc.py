@@ -55,6 +55,11 @@ class HostServiceStub:
                 request_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateRequest.SerializeToString,
                 response_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateResponse.FromString,
                 _registered_method=True)
+        self.SetHostEnabled = channel.unary_unary(
+                '/ferry.region.v1.HostService/SetHostEnabled',
+                request_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledRequest.SerializeToString,
+                response_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledResponse.FromString,
+                _registered_method=True)
 
 
 class HostServiceServicer:
@@ -89,6 +94,14 @@ class HostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHostEnabled(self, request, context):
+        """Enables or disables a host for scheduling: a disabled host takes no new server and no
+        migration (its own servers keep running and can still be moved off it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_HostServiceServicer_to_server(servicer, server):
                     servicer.SetHostAutoMigrate,
                     request_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateRequest.FromString,
                     response_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateResponse.SerializeToString,
+            ),
+            'SetHostEnabled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHostEnabled,
+                    request_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledRequest.FromString,
+                    response_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +240,33 @@ class HostService:
             '/ferry.region.v1.HostService/SetHostAutoMigrate',
             ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateRequest.SerializeToString,
             ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostAutoMigrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHostEnabled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.region.v1.HostService/SetHostEnabled',
+            ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledRequest.SerializeToString,
+            ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledResponse.FromString,
             options,
             channel_credentials,
             insecure,

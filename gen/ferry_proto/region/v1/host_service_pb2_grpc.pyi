@@ -41,6 +41,10 @@ class HostServiceStub:
     """Streams every host once, then each host again whenever it changes."""
     SetHostAutoMigrate: _grpc.UnaryUnaryMultiCallable[_host_service_pb2.SetHostAutoMigrateRequest, _host_service_pb2.SetHostAutoMigrateResponse]
     """Enables or disables restarting a host's shared-storage guests elsewhere when it goes down or shuts down."""
+    SetHostEnabled: _grpc.UnaryUnaryMultiCallable[_host_service_pb2.SetHostEnabledRequest, _host_service_pb2.SetHostEnabledResponse]
+    """Enables or disables a host for scheduling: a disabled host takes no new server and no
+    migration (its own servers keep running and can still be moved off it).
+    """
 
 @_typing.type_check_only
 class HostServiceAsyncStub(HostServiceStub):
@@ -55,6 +59,10 @@ class HostServiceAsyncStub(HostServiceStub):
     """Streams every host once, then each host again whenever it changes."""
     SetHostAutoMigrate: _aio.UnaryUnaryMultiCallable[_host_service_pb2.SetHostAutoMigrateRequest, _host_service_pb2.SetHostAutoMigrateResponse]  # type: ignore[assignment]
     """Enables or disables restarting a host's shared-storage guests elsewhere when it goes down or shuts down."""
+    SetHostEnabled: _aio.UnaryUnaryMultiCallable[_host_service_pb2.SetHostEnabledRequest, _host_service_pb2.SetHostEnabledResponse]  # type: ignore[assignment]
+    """Enables or disables a host for scheduling: a disabled host takes no new server and no
+    migration (its own servers keep running and can still be moved off it).
+    """
 
 class HostServiceServicer(metaclass=_abc_1.ABCMeta):
     """HostService is the public view of hypervisor hosts."""
@@ -90,5 +98,15 @@ class HostServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_host_service_pb2.SetHostAutoMigrateResponse, _abc.Awaitable[_host_service_pb2.SetHostAutoMigrateResponse]]:
         """Enables or disables restarting a host's shared-storage guests elsewhere when it goes down or shuts down."""
+
+    @_abc_1.abstractmethod
+    def SetHostEnabled(
+        self,
+        request: _host_service_pb2.SetHostEnabledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_host_service_pb2.SetHostEnabledResponse, _abc.Awaitable[_host_service_pb2.SetHostEnabledResponse]]:
+        """Enables or disables a host for scheduling: a disabled host takes no new server and no
+        migration (its own servers keep running and can still be moved off it).
+        """
 
 def add_HostServiceServicer_to_server(servicer: HostServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

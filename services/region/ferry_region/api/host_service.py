@@ -55,6 +55,11 @@ class HostServicer(host_service_pb2_grpc.HostServiceServicer):
         view = await self.hosts.set_auto_migrate(request.id, down, shutdown)
         return pb.SetHostAutoMigrateResponse(host=convert.host(view))
 
+    async def SetHostEnabled(self, request: pb.SetHostEnabledRequest,
+                             context: grpc.aio.ServicerContext) -> pb.SetHostEnabledResponse:
+        view = await self.hosts.set_enabled(request.id, request.enabled)
+        return pb.SetHostEnabledResponse(host=convert.host(view))
+
 
 class HostRegistryServicer(registry_service_pb2_grpc.HostRegistryServiceServicer):
     def __init__(self, hosts: HostRegistry) -> None:

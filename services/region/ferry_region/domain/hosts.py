@@ -299,6 +299,18 @@ class HostRegistry:
         self.events.publish(host_id)
         return await self.get(host_id)
 
+    async def set_enabled(self, ident: str, enabled: bool) -> HostView:
+        """Enables or disables a host for scheduling; the scheduler hears it through WatchHosts."""
+        check_ident("id", ident)
+
+        def tx(session: Session) -> str:
+            host = find_host(session, ident, full=False)
+            host.enabled = enabled
+            return host.id
+        host_id = await self.db.write(tx)
+        self.events.publish(host_id)
+        return await self.get(host_id)
+
     async def views(self, host_ids: Iterable[str]) -> tuple[list[HostView], list[str]]:
         """Current views of `host_ids` and the ids that no longer exist."""
         ids = sorted(set(host_ids))
