@@ -184,8 +184,12 @@ async def test_prepare_start_serial_stop_delete(env):
     assert again == prepared and sys_disk.stat().st_ino == inode
     assert env.region.downloads == ["testguest"]
 
+    # A guest the health keeper fenced earlier, started again by the region: the fence ends.
+    fence = Path(agent.config.state_dir) / "guests" / "g1" / "fenced.json"
+    fence.write_text("{}")
     started = (await api.StartGuest(pb.StartGuestRequest(guest_id="g1"))).guest
     assert started.state == pb.GUEST_STATE_RUNNING and started.pid > 0
+    assert not fence.exists(), "the fence record outlived the region's start"
     assert started.accelerator == pb.ACCELERATOR_TCG
     cmdline = Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")
     assert b"user,id=net0,restrict=on" in cmdline  # no packet leaves the machine

@@ -31,6 +31,7 @@ from .driver.base import (
     NicSpec,
 )
 from .errmap import driver_errors
+from .health.fence import FENCE_RECORD
 from .errors import HostError
 from .imagecache import ImageCache
 from .model import (
@@ -273,6 +274,11 @@ class Guests:
                 await self.driver.start(spec)
             if record.accelerator != self.accelerator:
                 self._write_record(guest_id, _Record(record.definition, self.accelerator))
+            fence = self.folder(guest_id) / FENCE_RECORD
+            if fence.exists():
+                # The region decided the guest runs here again: the fence is over.
+                log.info("guest %s started by the region: its fence record is cleared", guest_id)
+                fence.unlink(missing_ok=True)
         return await self._view(guest_id)
 
     async def start_incoming(self, guest_id: str) -> GuestView:
