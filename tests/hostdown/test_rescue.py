@@ -8,6 +8,8 @@ import sys
 import time
 
 import pytest
+from ferry_proto.region.v1 import host_service_pb2 as hpb
+from helpers import climc
 
 from .conftest import (
     TTL,
@@ -97,6 +99,14 @@ def test_many_hosts_expiring_at_once_pause_auto_rescue(make_cluster, hd_image) -
         kill_host(cluster, "host2")
         rows = until(lambda: len(r := [i for i in incidents(cluster) if i["state"] != "waiting"]) == 2
                      and r, TTL + WINDOW + 15, "both incidents to be decided")
+        # Operators see it through the API, not only in the database.
+        listed = client.hosts.down_incidents(open_only=True)
+        assert sorted(i.host_id for i in listed) == ["host1", "host2"]
+        assert all(i.state == hpb.HOST_DOWN_INCIDENT_STATE_PAUSED for i in listed)
+        assert all("auto-rescue paused" in i.reason for i in listed)
+        assert [i.host_id for i in client.hosts.down_incidents("host1")] == ["host1"]
+        out = climc(cluster, "host-down-incident-list", "--open")
+        assert out.stdout.count("| paused ") == 2 and "auto-rescue paused" in out.stdout
     assert {r["state"] for r in rows} == {"paused"}, rows
     assert "auto-rescue paused: 2 of 3 hosts" in rows[0]["reason"]
     print(f"paused {time.monotonic() - t0:.1f}s after the hosts died: {rows[0]['reason']}")

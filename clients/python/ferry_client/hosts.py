@@ -42,6 +42,13 @@ class HostsAPI:
         req = pb.SetHostEnabledRequest(id=id, enabled=enabled)
         return self._c.call(self._c.host_stub.SetHostEnabled, req, timeout).host
 
+    def down_incidents(self, host: str = "", *, open_only: bool = False,
+                       timeout: Any = _UNSET) -> list[pb.HostDownIncident]:
+        """Host-down incidents, oldest first (a paused one says why auto-rescue held back)."""
+        req = pb.ListHostDownIncidentsRequest(host=host, open_only=open_only)
+        return list(self._c.call(self._c.host_stub.ListHostDownIncidents, req,
+                                 timeout).incidents)
+
     def watch(self, *, timeout: float | None = None) -> Generator[pb.WatchHostsResponse, None, None]:
         """A snapshot of every host, then batches of changes."""
         return self._c.stream(self._c.host_stub.WatchHosts, pb.WatchHostsRequest(), timeout)

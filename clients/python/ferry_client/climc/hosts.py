@@ -1,8 +1,11 @@
-"""host-list, host-show, host-enable, host-disable, host-auto-migrate-on-host-down."""
+"""host-list, host-show, host-enable, host-disable, host-down-incident-list,
+host-auto-migrate-on-host-down."""
 
 from __future__ import annotations
 
 import argparse
+
+from ferry_proto.region.v1 import host_service_pb2 as pb
 
 from .context import Context
 from .output import total_footer
@@ -54,6 +57,23 @@ def _set_enabled(enabled: bool):
     return cmd
 
 
+def cmd_incidents(ctx: Context, a: argparse.Namespace) -> int:
+    items = ctx.client.hosts.down_incidents(a.host or "", open_only=a.open)
+    if ctx.out.json:
+        ctx.out.emit_json({"incidents": items})
+        return 0
+    rows = []
+    for i in items:
+        state = pb.HostDownIncidentState.Name(i.state).removeprefix("HOST_DOWN_INCIDENT_STATE_")
+        moved = sum(1 for s in i.servers if s.action == "rescue")
+        rows.append((i.id, i.host_id, state.lower(), i.kind,
+                     i.detected_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     f"{moved}/{len(i.servers)}", i.reason))
+    ctx.out.table(("ID", "Host", "State", "Kind", "Detected", "Rescued", "Reason"), rows,
+                  total_footer(len(rows)))
+    return 0
+
+
 def register(reg: Registry) -> None:
     p = reg.command("host-list", "List hosts", cmd_list)
     p.add_argument("--hypervisor", help="Only hosts of this hypervisor type, e.g. kvm")
@@ -68,6 +88,12 @@ def register(reg: Registry) -> None:
     p = reg.command("host-disable", "Disable a host for scheduling: it takes no new server "
                     "and no migration; its servers keep running", _set_enabled(False))
     p.add_argument("id", metavar="ID", help="ID or name of host")
+
+    p = reg.command("host-down-incident-list", "List host-down incidents: what the region "
+                    "decided when a host's health key vanished, and why", cmd_incidents)
+    p.add_argument("--host", metavar="HOST", help="Only this host id or name")
+    p.add_argument("--open", action="store_true",
+                   help="Only open incidents (waiting, paused, rescuing)")
 
     # Usage line exactly as the seed: shutdown flag, --help, host-down flag, <ID>.
     p = reg.command("host-auto-migrate-on-host-down",

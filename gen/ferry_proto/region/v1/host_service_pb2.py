@@ -23,35 +23,46 @@ _sym_db = _symbol_database.Default()
 
 
 from ferry_proto.region.v1 import resources_pb2 as ferry_dot_region_dot_v1_dot_resources__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ferry/region/v1/host_service.proto\x12\x0f\x66\x65rry.region.v1\x1a\x1f\x66\x65rry/region/v1/resources.proto\"6\n\x10ListHostsRequest\x12\x12\n\nhypervisor\x18\x01 \x01(\t\x12\x0e\n\x06search\x18\x02 \x01(\t\"9\n\x11ListHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.ferry.region.v1.Host\"\x1c\n\x0eGetHostRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x0fGetHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host\"\x13\n\x11WatchHostsRequest\"f\n\x12WatchHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.ferry.region.v1.Host\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x18\n\x10removed_host_ids\x18\x03 \x03(\t\"\xbb\x01\n\x19SetHostAutoMigrateRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x19\x61uto_migrate_on_host_down\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12*\n\x1d\x61uto_migrate_on_host_shutdown\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x1c\n\x1a_auto_migrate_on_host_downB \n\x1e_auto_migrate_on_host_shutdown\"A\n\x1aSetHostAutoMigrateResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host\"4\n\x15SetHostEnabledRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"=\n\x16SetHostEnabledResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host2\xda\x03\n\x0bHostService\x12R\n\tListHosts\x12!.ferry.region.v1.ListHostsRequest\x1a\".ferry.region.v1.ListHostsResponse\x12L\n\x07GetHost\x12\x1f.ferry.region.v1.GetHostRequest\x1a .ferry.region.v1.GetHostResponse\x12W\n\nWatchHosts\x12\".ferry.region.v1.WatchHostsRequest\x1a#.ferry.region.v1.WatchHostsResponse0\x01\x12m\n\x12SetHostAutoMigrate\x12*.ferry.region.v1.SetHostAutoMigrateRequest\x1a+.ferry.region.v1.SetHostAutoMigrateResponse\x12\x61\n\x0eSetHostEnabled\x12&.ferry.region.v1.SetHostEnabledRequest\x1a\'.ferry.region.v1.SetHostEnabledResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ferry/region/v1/host_service.proto\x12\x0f\x66\x65rry.region.v1\x1a\x1f\x66\x65rry/region/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"6\n\x10ListHostsRequest\x12\x12\n\nhypervisor\x18\x01 \x01(\t\x12\x0e\n\x06search\x18\x02 \x01(\t\"9\n\x11ListHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.ferry.region.v1.Host\"\x1c\n\x0eGetHostRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x0fGetHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host\"\x13\n\x11WatchHostsRequest\"f\n\x12WatchHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.ferry.region.v1.Host\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x18\n\x10removed_host_ids\x18\x03 \x03(\t\"\xbb\x01\n\x19SetHostAutoMigrateRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x19\x61uto_migrate_on_host_down\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12*\n\x1d\x61uto_migrate_on_host_shutdown\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x1c\n\x1a_auto_migrate_on_host_downB \n\x1e_auto_migrate_on_host_shutdown\"A\n\x1aSetHostAutoMigrateResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host\"4\n\x15SetHostEnabledRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"=\n\x16SetHostEnabledResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.ferry.region.v1.Host\"?\n\x1cListHostDownIncidentsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\topen_only\x18\x02 \x01(\x08\"U\n\x0eIncidentServer\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\"\x97\x02\n\x10HostDownIncident\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x35\n\x05state\x18\x03 \x01(\x0e\x32&.ferry.region.v1.HostDownIncidentState\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0b\x64\x65tected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07servers\x18\x08 \x03(\x0b\x32\x1f.ferry.region.v1.IncidentServer\"U\n\x1dListHostDownIncidentsResponse\x12\x34\n\tincidents\x18\x01 \x03(\x0b\x32!.ferry.region.v1.HostDownIncident*\xfe\x01\n\x15HostDownIncidentState\x12(\n$HOST_DOWN_INCIDENT_STATE_UNSPECIFIED\x10\x00\x12$\n HOST_DOWN_INCIDENT_STATE_WAITING\x10\x01\x12#\n\x1fHOST_DOWN_INCIDENT_STATE_PAUSED\x10\x02\x12%\n!HOST_DOWN_INCIDENT_STATE_RESCUING\x10\x03\x12!\n\x1dHOST_DOWN_INCIDENT_STATE_DONE\x10\x04\x12&\n\"HOST_DOWN_INCIDENT_STATE_CANCELLED\x10\x05\x32\xd2\x04\n\x0bHostService\x12R\n\tListHosts\x12!.ferry.region.v1.ListHostsRequest\x1a\".ferry.region.v1.ListHostsResponse\x12L\n\x07GetHost\x12\x1f.ferry.region.v1.GetHostRequest\x1a .ferry.region.v1.GetHostResponse\x12W\n\nWatchHosts\x12\".ferry.region.v1.WatchHostsRequest\x1a#.ferry.region.v1.WatchHostsResponse0\x01\x12m\n\x12SetHostAutoMigrate\x12*.ferry.region.v1.SetHostAutoMigrateRequest\x1a+.ferry.region.v1.SetHostAutoMigrateResponse\x12\x61\n\x0eSetHostEnabled\x12&.ferry.region.v1.SetHostEnabledRequest\x1a\'.ferry.region.v1.SetHostEnabledResponse\x12v\n\x15ListHostDownIncidents\x12-.ferry.region.v1.ListHostDownIncidentsRequest\x1a..ferry.region.v1.ListHostDownIncidentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.region.v1.host_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTHOSTSREQUEST']._serialized_start=88
-  _globals['_LISTHOSTSREQUEST']._serialized_end=142
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=144
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=201
-  _globals['_GETHOSTREQUEST']._serialized_start=203
-  _globals['_GETHOSTREQUEST']._serialized_end=231
-  _globals['_GETHOSTRESPONSE']._serialized_start=233
-  _globals['_GETHOSTRESPONSE']._serialized_end=287
-  _globals['_WATCHHOSTSREQUEST']._serialized_start=289
-  _globals['_WATCHHOSTSREQUEST']._serialized_end=308
-  _globals['_WATCHHOSTSRESPONSE']._serialized_start=310
-  _globals['_WATCHHOSTSRESPONSE']._serialized_end=412
-  _globals['_SETHOSTAUTOMIGRATEREQUEST']._serialized_start=415
-  _globals['_SETHOSTAUTOMIGRATEREQUEST']._serialized_end=602
-  _globals['_SETHOSTAUTOMIGRATERESPONSE']._serialized_start=604
-  _globals['_SETHOSTAUTOMIGRATERESPONSE']._serialized_end=669
-  _globals['_SETHOSTENABLEDREQUEST']._serialized_start=671
-  _globals['_SETHOSTENABLEDREQUEST']._serialized_end=723
-  _globals['_SETHOSTENABLEDRESPONSE']._serialized_start=725
-  _globals['_SETHOSTENABLEDRESPONSE']._serialized_end=786
-  _globals['_HOSTSERVICE']._serialized_start=789
-  _globals['_HOSTSERVICE']._serialized_end=1263
+  _globals['_HOSTDOWNINCIDENTSTATE']._serialized_start=1343
+  _globals['_HOSTDOWNINCIDENTSTATE']._serialized_end=1597
+  _globals['_LISTHOSTSREQUEST']._serialized_start=121
+  _globals['_LISTHOSTSREQUEST']._serialized_end=175
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=177
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=234
+  _globals['_GETHOSTREQUEST']._serialized_start=236
+  _globals['_GETHOSTREQUEST']._serialized_end=264
+  _globals['_GETHOSTRESPONSE']._serialized_start=266
+  _globals['_GETHOSTRESPONSE']._serialized_end=320
+  _globals['_WATCHHOSTSREQUEST']._serialized_start=322
+  _globals['_WATCHHOSTSREQUEST']._serialized_end=341
+  _globals['_WATCHHOSTSRESPONSE']._serialized_start=343
+  _globals['_WATCHHOSTSRESPONSE']._serialized_end=445
+  _globals['_SETHOSTAUTOMIGRATEREQUEST']._serialized_start=448
+  _globals['_SETHOSTAUTOMIGRATEREQUEST']._serialized_end=635
+  _globals['_SETHOSTAUTOMIGRATERESPONSE']._serialized_start=637
+  _globals['_SETHOSTAUTOMIGRATERESPONSE']._serialized_end=702
+  _globals['_SETHOSTENABLEDREQUEST']._serialized_start=704
+  _globals['_SETHOSTENABLEDREQUEST']._serialized_end=756
+  _globals['_SETHOSTENABLEDRESPONSE']._serialized_start=758
+  _globals['_SETHOSTENABLEDRESPONSE']._serialized_end=819
+  _globals['_LISTHOSTDOWNINCIDENTSREQUEST']._serialized_start=821
+  _globals['_LISTHOSTDOWNINCIDENTSREQUEST']._serialized_end=884
+  _globals['_INCIDENTSERVER']._serialized_start=886
+  _globals['_INCIDENTSERVER']._serialized_end=971
+  _globals['_HOSTDOWNINCIDENT']._serialized_start=974
+  _globals['_HOSTDOWNINCIDENT']._serialized_end=1253
+  _globals['_LISTHOSTDOWNINCIDENTSRESPONSE']._serialized_start=1255
+  _globals['_LISTHOSTDOWNINCIDENTSRESPONSE']._serialized_end=1340
+  _globals['_HOSTSERVICE']._serialized_start=1600
+  _globals['_HOSTSERVICE']._serialized_end=2194
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,9 @@ from collections import abc as _abc
 from ferry_proto.region.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +20,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _HostDownIncidentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HostDownIncidentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HostDownIncidentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOST_DOWN_INCIDENT_STATE_UNSPECIFIED: _HostDownIncidentState.ValueType  # 0
+    """Not set."""
+    HOST_DOWN_INCIDENT_STATE_WAITING: _HostDownIncidentState.ValueType  # 1
+    """The key vanished; the confirmation window runs."""
+    HOST_DOWN_INCIDENT_STATE_PAUSED: _HostDownIncidentState.ValueType  # 2
+    """Too many hosts expired at once: auto-rescue held back (see the reason)."""
+    HOST_DOWN_INCIDENT_STATE_RESCUING: _HostDownIncidentState.ValueType  # 3
+    """Confirmed down, marked offline; rescues in flight."""
+    HOST_DOWN_INCIDENT_STATE_DONE: _HostDownIncidentState.ValueType  # 4
+    """Every server was rescued or reported."""
+    HOST_DOWN_INCIDENT_STATE_CANCELLED: _HostDownIncidentState.ValueType  # 5
+    """The host came back or its agent answered: nothing was done."""
+
+class HostDownIncidentState(_HostDownIncidentState, metaclass=_HostDownIncidentStateEnumTypeWrapper):
+    """HostDownIncidentState is where a host-down incident stands."""
+
+HOST_DOWN_INCIDENT_STATE_UNSPECIFIED: HostDownIncidentState.ValueType  # 0
+"""Not set."""
+HOST_DOWN_INCIDENT_STATE_WAITING: HostDownIncidentState.ValueType  # 1
+"""The key vanished; the confirmation window runs."""
+HOST_DOWN_INCIDENT_STATE_PAUSED: HostDownIncidentState.ValueType  # 2
+"""Too many hosts expired at once: auto-rescue held back (see the reason)."""
+HOST_DOWN_INCIDENT_STATE_RESCUING: HostDownIncidentState.ValueType  # 3
+"""Confirmed down, marked offline; rescues in flight."""
+HOST_DOWN_INCIDENT_STATE_DONE: HostDownIncidentState.ValueType  # 4
+"""Every server was rescued or reported."""
+HOST_DOWN_INCIDENT_STATE_CANCELLED: HostDownIncidentState.ValueType  # 5
+"""The host came back or its agent answered: nothing was done."""
+Global___HostDownIncidentState: _TypeAlias = HostDownIncidentState  # noqa: Y015
 
 @_typing.final
 class ListHostsRequest(_message.Message):
@@ -279,3 +317,143 @@ class SetHostEnabledResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetHostEnabledResponse: _TypeAlias = SetHostEnabledResponse  # noqa: Y015
+
+@_typing.final
+class ListHostDownIncidentsRequest(_message.Message):
+    """ListHostDownIncidentsRequest filters incidents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    OPEN_ONLY_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """Only incidents of this host id or name; empty for all hosts."""
+    open_only: _builtins.bool
+    """Only incidents still open (waiting, paused, rescuing)."""
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        open_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "open_only", b"open_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHostDownIncidentsRequest: _TypeAlias = ListHostDownIncidentsRequest  # noqa: Y015
+
+@_typing.final
+class IncidentServer(_message.Message):
+    """IncidentServer is what an incident did with one server of the host."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    """Server id."""
+    action: _builtins.str
+    """"rescue", "lost" (local disks) or "skipped" (auto-migrate off)."""
+    task_id: _builtins.str
+    """Rescue task id, when one was started."""
+    outcome: _builtins.str
+    """What came of it."""
+    def __init__(
+        self,
+        *,
+        server_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "outcome", b"outcome", "server_id", b"server_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncidentServer: _TypeAlias = IncidentServer  # noqa: Y015
+
+@_typing.final
+class HostDownIncident(_message.Message):
+    """HostDownIncident is one vanished health key and what the region did about it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    HOST_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETECTED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SERVERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Incident id."""
+    host_id: _builtins.str
+    """Host id."""
+    state: Global___HostDownIncidentState.ValueType
+    """Where it stands."""
+    kind: _builtins.str
+    """"down" (the key expired) or "shutdown" (announced before it went)."""
+    reason: _builtins.str
+    """Why it is in this state."""
+    @_builtins.property
+    def detected_at(self) -> _timestamp_pb2.Timestamp:
+        """When the region saw the key gone."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Last change."""
+
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedCompositeFieldContainer[Global___IncidentServer]:
+        """Each server of the host, once the incident was confirmed."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        host_id: _builtins.str = ...,
+        state: Global___HostDownIncidentState.ValueType = ...,
+        kind: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        detected_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        servers: _abc.Iterable[Global___IncidentServer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detected_at", b"detected_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detected_at", b"detected_at", "host_id", b"host_id", "id", b"id", "kind", b"kind", "reason", b"reason", "servers", b"servers", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostDownIncident: _TypeAlias = HostDownIncident  # noqa: Y015
+
+@_typing.final
+class ListHostDownIncidentsResponse(_message.Message):
+    """ListHostDownIncidentsResponse carries incidents, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incidents(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostDownIncident]:
+        """The incidents."""
+
+    def __init__(
+        self,
+        *,
+        incidents: _abc.Iterable[Global___HostDownIncident] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incidents", b"incidents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHostDownIncidentsResponse: _TypeAlias = ListHostDownIncidentsResponse  # noqa: Y015

@@ -60,6 +60,11 @@ class HostServiceStub:
                 request_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledRequest.SerializeToString,
                 response_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledResponse.FromString,
                 _registered_method=True)
+        self.ListHostDownIncidents = channel.unary_unary(
+                '/ferry.region.v1.HostService/ListHostDownIncidents',
+                request_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.ListHostDownIncidentsRequest.SerializeToString,
+                response_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.ListHostDownIncidentsResponse.FromString,
+                _registered_method=True)
 
 
 class HostServiceServicer:
@@ -102,6 +107,14 @@ class HostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHostDownIncidents(self, request, context):
+        """Lists host-down incidents: vanished health keys, what the region decided and why
+        (a paused incident says why auto-rescue held back), and what happened to each server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_HostServiceServicer_to_server(servicer, server):
                     servicer.SetHostEnabled,
                     request_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledRequest.FromString,
                     response_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledResponse.SerializeToString,
+            ),
+            'ListHostDownIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHostDownIncidents,
+                    request_deserializer=ferry_dot_region_dot_v1_dot_host__service__pb2.ListHostDownIncidentsRequest.FromString,
+                    response_serializer=ferry_dot_region_dot_v1_dot_host__service__pb2.ListHostDownIncidentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class HostService:
             '/ferry.region.v1.HostService/SetHostEnabled',
             ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledRequest.SerializeToString,
             ferry_dot_region_dot_v1_dot_host__service__pb2.SetHostEnabledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHostDownIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.region.v1.HostService/ListHostDownIncidents',
+            ferry_dot_region_dot_v1_dot_host__service__pb2.ListHostDownIncidentsRequest.SerializeToString,
+            ferry_dot_region_dot_v1_dot_host__service__pb2.ListHostDownIncidentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

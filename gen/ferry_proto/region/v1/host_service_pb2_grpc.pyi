@@ -45,6 +45,10 @@ class HostServiceStub:
     """Enables or disables a host for scheduling: a disabled host takes no new server and no
     migration (its own servers keep running and can still be moved off it).
     """
+    ListHostDownIncidents: _grpc.UnaryUnaryMultiCallable[_host_service_pb2.ListHostDownIncidentsRequest, _host_service_pb2.ListHostDownIncidentsResponse]
+    """Lists host-down incidents: vanished health keys, what the region decided and why
+    (a paused incident says why auto-rescue held back), and what happened to each server.
+    """
 
 @_typing.type_check_only
 class HostServiceAsyncStub(HostServiceStub):
@@ -62,6 +66,10 @@ class HostServiceAsyncStub(HostServiceStub):
     SetHostEnabled: _aio.UnaryUnaryMultiCallable[_host_service_pb2.SetHostEnabledRequest, _host_service_pb2.SetHostEnabledResponse]  # type: ignore[assignment]
     """Enables or disables a host for scheduling: a disabled host takes no new server and no
     migration (its own servers keep running and can still be moved off it).
+    """
+    ListHostDownIncidents: _aio.UnaryUnaryMultiCallable[_host_service_pb2.ListHostDownIncidentsRequest, _host_service_pb2.ListHostDownIncidentsResponse]  # type: ignore[assignment]
+    """Lists host-down incidents: vanished health keys, what the region decided and why
+    (a paused incident says why auto-rescue held back), and what happened to each server.
     """
 
 class HostServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +115,16 @@ class HostServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_host_service_pb2.SetHostEnabledResponse, _abc.Awaitable[_host_service_pb2.SetHostEnabledResponse]]:
         """Enables or disables a host for scheduling: a disabled host takes no new server and no
         migration (its own servers keep running and can still be moved off it).
+        """
+
+    @_abc_1.abstractmethod
+    def ListHostDownIncidents(
+        self,
+        request: _host_service_pb2.ListHostDownIncidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_host_service_pb2.ListHostDownIncidentsResponse, _abc.Awaitable[_host_service_pb2.ListHostDownIncidentsResponse]]:
+        """Lists host-down incidents: vanished health keys, what the region decided and why
+        (a paused incident says why auto-rescue held back), and what happened to each server.
         """
 
 def add_HostServiceServicer_to_server(servicer: HostServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,8 +11,13 @@ from ferry_proto.region.v1 import host_service_pb2_grpc
 from ferry_proto.region.v1 import registry_service_pb2 as rpb
 from ferry_proto.region.v1 import registry_service_pb2_grpc
 
+from ..db.queries import find_host
 from ..domain.hosts import HostRegistry, Registration, StorageReport
+from ..hostdown_states import OPEN_STATES, IncidentState
+from ..hostdown_store import HostDownStore
 from . import convert
+
+_INCIDENT_STATES = {s: getattr(pb, f"HOST_DOWN_INCIDENT_STATE_{s.name}") for s in IncidentState}
 
 
 class HostServicer(host_service_pb2_grpc.HostServiceServicer):
@@ -54,6 +59,28 @@ class HostServicer(host_service_pb2_grpc.HostServiceServicer):
                     if request.HasField("auto_migrate_on_host_shutdown") else None)
         view = await self.hosts.set_auto_migrate(request.id, down, shutdown)
         return pb.SetHostAutoMigrateResponse(host=convert.host(view))
+
+    async def ListHostDownIncidents(self, request: pb.ListHostDownIncidentsRequest,
+                                    context: grpc.aio.ServicerContext
+                                    ) -> pb.ListHostDownIncidentsResponse:
+        host_id = None
+        if request.host:
+            host_id = await self.hosts.db.read(
+                lambda s: find_host(s, request.host, full=False).id)
+        rows = await HostDownStore(self.hosts.db).incidents(host_id)
+        out = pb.ListHostDownIncidentsResponse()
+        for r in rows:
+            if request.open_only and r.state not in OPEN_STATES:
+                continue
+            inc = out.incidents.add(id=r.id, host_id=r.host_id, state=_INCIDENT_STATES[r.state],
+                                    kind=r.kind, reason=r.reason)
+            inc.detected_at.CopyFrom(convert.ts(r.detected_at))
+            inc.updated_at.CopyFrom(convert.ts(r.updated_at))
+            for sid, res in sorted((r.results or {}).items()):
+                inc.servers.add(server_id=sid, action=str(res.get("action", "")),
+                                task_id=str(res.get("task_id", "")),
+                                outcome=str(res.get("outcome", "")))
+        return out
 
     async def SetHostEnabled(self, request: pb.SetHostEnabledRequest,
                              context: grpc.aio.ServicerContext) -> pb.SetHostEnabledResponse:
