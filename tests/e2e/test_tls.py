@@ -81,3 +81,21 @@ async def test_mutual_tls(tmp_path: Path, pki: Path) -> None:
         assert rogue.returncode == 1
     finally:
         await region.stop()
+
+
+async def test_health_keeper_asks_a_tls_region(tmp_path: Path, pki: Path) -> None:
+    """The keeper's "do you see etcd?" question reaches a region that requires mTLS when the
+    keeper has --region-tls-*, and fails (so the keeper fences) when it has not."""
+    from ferry_host.health.keeper import _guard_status
+
+    tls = TlsConfig(ca_file=pki / "ca.pem", cert_file=pki / "region.pem", key_file=pki / "region.key")
+    region = await start_region(RegionConfig(listen="127.0.0.1:0", data_dir=tmp_path / "region",
+                                             scheduler="127.0.0.1:1", etcd="", tls=tls))
+    try:
+        keeper_tls = TlsConfig(ca_file=pki / "ca.pem", cert_file=pki / "operator.pem",
+                               key_file=pki / "operator.key")
+        answered = await _guard_status(region.address, 5.0, keeper_tls)
+        assert answered not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), answered
+        assert await _guard_status(region.address, 5.0) in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    finally:
+        await region.stop()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import aetcd
 import grpc
+from ferry_common.tls import TlsConfig
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..lease import HealthLease, LeaseState
@@ -52,6 +53,8 @@ class KeeperConfig:
     #: Region addresses asked before fencing (see `regions_hold`); empty: always fence.
     regions: tuple[str, ...] = ()
     region_timeout: float = 0.5
+    #: TLS towards the regions (their gRPC port may require client certificates).
+    region_tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         if self.lease_ttl < 2:
@@ -76,8 +79,9 @@ class KeeperConfig:
 GUARD_SERVICE = "ferry.region.v1.HostDownGuard"  # ferry_region.hostdown.GUARD_SERVICE
 
 
-async def _guard_status(address: str, timeout: float) -> str:
-    channel = grpc.aio.insecure_channel(address)
+async def _guard_status(address: str, timeout: float, tls: TlsConfig | None = None) -> str:
+    channel = (grpc.aio.secure_channel(address, tls.channel_credentials())
+               if tls is not None and tls.enabled else grpc.aio.insecure_channel(address))
     try:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=GUARD_SERVICE), timeout=timeout)
@@ -138,7 +142,8 @@ class HealthKeeper:
         """
         if not self.config.regions:
             return False
-        answers = await asyncio.gather(*(_guard_status(a, self.config.region_timeout)
+        answers = await asyncio.gather(*(_guard_status(a, self.config.region_timeout,
+                                                       self.config.region_tls)
                                          for a in self.config.regions))
         if all(a == "NOT_SERVING" for a in answers):
             return True

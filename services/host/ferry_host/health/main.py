@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ferry_common.server import setup_logging
+from ferry_common.tls import add_tls_arguments, tls_from_args
 
 from .keeper import HealthKeeper, KeeperConfig
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", default="",
                    help="comma-separated region address(es); when every one answers that it does "
                         "not see etcd either, an overdue keeper holds off fencing [none: always fence]")
+    add_tls_arguments(p, "region-")
     p.add_argument("--log-level", default="INFO", help="log level [%(default)s]")
     return p
 
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                               shared_storage=args.shared_storage,
                               shared_storage_id=args.shared_storage_id,
                               lease_ttl=args.lease_ttl, fence_after=args.fence_after,
-                              regions=tuple(a.strip() for a in args.region.split(",") if a.strip()))
+                              regions=tuple(a.strip() for a in args.region.split(",") if a.strip()),
+                              region_tls=tls_from_args(args, "region-"))
     except ValueError as exc:
         parser.error(str(exc))
     setup_logging(args.log_level)
