@@ -27,6 +27,7 @@ from ferry_host.migration import exporter, wire
 from ferry_host.migration.exporter import DataServer, Exports
 from ferry_host.migration.filemap import FileMap, allocated_ranges, map_file
 from ferry_host.migration.receiver import ChecksumMismatch, Receiver
+from fixtures.pki import make_ca, make_leaf
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -225,28 +226,6 @@ def sparse(tmp_path: Path) -> tuple[Path, FileMap]:
     return path, fmap
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(d: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
-            "-keyout", f"{name}.key", "-out", f"{name}.pem",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-
-
-def make_leaf(d: Path, ca: str, name: str) -> None:
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-    # Host agents use one certificate both ways (data server and data client).
-    (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                                   "extendedKeyUsage=serverAuth,clientAuth\n")
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "1", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
-            cwd=d)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     if shutil.which("openssl") is None:
@@ -254,9 +233,11 @@ def pki(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pki")
     make_ca(d, "ca")
     make_ca(d, "rogue-ca")
-    make_leaf(d, "ca", "source-host")
-    make_leaf(d, "ca", "target-host")
-    make_leaf(d, "rogue-ca", "intruder")
+    # Host agents use one certificate both ways (data server and data client).
+    both = "serverAuth,clientAuth"
+    make_leaf(d, "ca", "source-host", both)
+    make_leaf(d, "ca", "target-host", both)
+    make_leaf(d, "rogue-ca", "intruder", both)
     return d
 
 

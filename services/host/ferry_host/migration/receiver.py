@@ -165,17 +165,7 @@ class Receiver:
 
     def _recv_write(self, offset: int, length: int) -> bytes:
         view = memoryview(self._buf)[:length]
-        got = 0
-        while got < length:
-            try:
-                k = self.sock.recv_into(view[got:], length - got)
-            except (TimeoutError, BlockingIOError) as exc:
-                raise wire.DataChannelError("no data from the source for too long") from exc
-            except OSError as exc:
-                raise wire.DataChannelError(f"data channel failed: {exc}") from exc
-            if k == 0:
-                raise wire.DataChannelError("the source closed the data channel mid-chunk")
-            got += k
+        wire.recv_into_exact(self.sock, view, "the rest of a chunk")
         dig = wire.digest(view)
         done = 0
         while done < length:

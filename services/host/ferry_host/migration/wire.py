@@ -140,7 +140,13 @@ def tune(sock: socket.socket, seconds: float) -> None:
 def recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
     """Exactly n bytes, or DataChannelError (EOF, reset or timeout)."""
     buf = bytearray(n)
-    view = memoryview(buf)
+    recv_into_exact(sock, memoryview(buf), what)
+    return bytes(buf)
+
+
+def recv_into_exact(sock: socket.socket, view: memoryview, what: str) -> None:
+    """Fills `view`, or DataChannelError (EOF, reset or timeout)."""
+    n = len(view)
     got = 0
     while got < n:
         try:
@@ -156,4 +162,3 @@ def recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
         if k == 0:
             raise DataChannelError(f"the source closed the data channel (waiting for {what})")
         got += k
-    return bytes(buf)

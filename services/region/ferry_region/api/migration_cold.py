@@ -13,27 +13,21 @@ from sqlalchemy.orm import Session
 
 from ..db import server_reads as reads
 from ..db.models import Host, Task
-from ..db.queries import find_server
+from ..db.queries import running_task
 from ..migration import cold, live
 from ..migration.cold_requests import ColdMigrations, MigrateOptions
 from ..states import TaskKind
-from ..tasks.store import request_cancel, withdraw_cancel
+from ..tasks import cancel
 from . import convert
+from .migration_live import MAX_BANDWIDTH_MB
 
 if TYPE_CHECKING:
     from .migration_service import MigrationParts
 
 
-MAX_BANDWIDTH_MB = 1_000_000
-
-
 def _cold_task(session: Session, ident: str) -> tuple[str, str, str]:
     """(server id, task id, stage) of the server's running cold migration or rescue."""
-    server = find_server(session, ident, full=False)
-    task = session.get(Task, server.task_id) if server.task_id else None
-    if task is None or task.kind != TaskKind.SERVER_MIGRATE:
-        raise FailedPrecondition(f"server {server.name} is {server.status.value}, not being "
-                                 "migrated cold", state=server.status.value)
+    server, task = running_task(session, ident, TaskKind.SERVER_MIGRATE, "being migrated cold")
     return server.id, task.id, task.stage
 
 
@@ -90,16 +84,14 @@ class ColdMigrationApi:
         server_id, task_id, _ = await db.read(_cold_task, request.id)
         # Flag first, then look at the stage: a task that already passed its last check
         # has written a later stage, which this read then sees.
-        cold.CANCEL_REQUESTS.add(task_id)
-        await db.write(request_cancel, task_id)  # a restarted region honours it too
+        await cancel.request(db, task_id)
         try:
             _, now_task, stage = await db.read(_cold_task, request.id)
         except FailedPrecondition:
-            cold.CANCEL_REQUESTS.discard(task_id)  # it just ended
+            cancel.forget(task_id)  # it just ended
             raise
         if now_task != task_id or stage not in cold.CANCELLABLE_STAGES:
-            cold.CANCEL_REQUESTS.discard(task_id)
-            await db.write(withdraw_cancel, task_id)
+            await cancel.withdraw(db, task_id)
             raise FailedPrecondition(
                 f"the migration is at stage {stage}: the server already points at its target "
                 "host and the migration completes there", state=stage)

@@ -13,13 +13,14 @@ from ferry_proto.region.v1 import migration_service_pb2 as pb
 from sqlalchemy.orm import Session
 
 from ..db import server_reads as reads
-from ..db.models import Host, Task
-from ..db.queries import find_host, find_server
+from ..db.models import Host
+from ..db.queries import find_host, find_server, running_task
 from ..db.transitions import acquire_server
 from ..migration import live
 from ..states import ServerStatus, TaskKind, TaskState
+from ..tasks import cancel
 from ..tasks.live_migrate import ServerLiveMigrateTask
-from ..tasks.store import insert_task, request_cancel, snapshot
+from ..tasks.store import insert_task, snapshot
 from . import convert
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,7 @@ WATCH_POLL_S = 0.5
 
 def _live_task(session: Session, ident: str) -> tuple[str, str, str]:
     """(server id, task id, source agent address) of a running live migration."""
-    server = find_server(session, ident, full=False)
-    task = session.get(Task, server.task_id) if server.task_id else None
-    if task is None or task.kind != TaskKind.SERVER_LIVE_MIGRATE:
-        raise FailedPrecondition(f"server {server.name} is {server.status.value}, not live "
-                                 "migrating", state=server.status.value)
+    server, task = running_task(session, ident, TaskKind.SERVER_LIVE_MIGRATE, "live migrating")
     source = (task.data or {}).get("source_host_id") or server.host_id
     host = session.get(Host, source) if source else None
     return server.id, task.id, host.access_address if host else ""
@@ -89,8 +86,7 @@ class LiveMigrationApi:
         check_ident("id", request.id)
         db = self.parts.servers.db
         server_id, task_id, address = await db.read(_live_task, request.id)
-        live.CANCEL_REQUESTS.add(task_id)
-        await db.write(request_cancel, task_id)  # a restarted region honours it too
+        await cancel.request(db, task_id)
         if address:
             agents = live.LiveAgents.of(self.parts.deps.agents)
             try:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from ferry_common.errors import NotFound
+from ferry_common.errors import FailedPrecondition, NotFound
 
+from ..states import TaskKind
 from .models import Host, Image, Server, Task
 
 
@@ -43,6 +44,18 @@ def find_server(session: Session, ident: str, *, full: bool = True) -> Server:
     if not rows:
         raise NotFound("server", ident)
     return next((s for s in rows if s.id == ident), rows[0])
+
+
+def running_task(session: Session, ident: str, kind: TaskKind,
+                 doing: str) -> tuple[Server, Task]:
+    """A server and its running task of `kind`; FailedPrecondition saying the server is not
+    `doing` otherwise (cancel and set-params requests)."""
+    server = find_server(session, ident, full=False)
+    task = session.get(Task, server.task_id) if server.task_id else None
+    if task is None or task.kind != kind:
+        raise FailedPrecondition(f"server {server.name} is {server.status.value}, not {doing}",
+                                 state=server.status.value)
+    return server, task
 
 
 def find_host(session: Session, ident: str, *, full: bool = False) -> Host:

@@ -33,9 +33,6 @@ from ..states import HostHealth, ServerStatus, StorageKind
 
 log = logging.getLogger(__name__)
 
-#: Task ids of cold migrations an operator cancelled; the task checks it between steps and
-#: while the copy streams progress (held in memory, like live migration's).
-CANCEL_REQUESTS: set[str] = set()
 #: Stages a cancel can still stop: before the database points at the target.
 CANCELLABLE_STAGES = frozenset({"queued", "schedule", "copy"})
 

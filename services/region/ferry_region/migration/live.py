@@ -32,10 +32,6 @@ PHASES = {
 
 UNAVAILABLE_RETRY_S = 10.0
 
-#: Task ids whose cancel was asked while no agent migration ran yet.
-CANCEL_REQUESTS: set[str] = set()
-
-
 class LiveAgents:
     """MigrationAgentService stubs over the AgentClients' channels."""
 

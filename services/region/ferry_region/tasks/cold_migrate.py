@@ -35,6 +35,7 @@ from ..db.queries import load_server
 from ..migration import cold
 from ..migration.placement import select_request
 from ..states import TASK_ACTIVE, ServerStatus, TaskKind
+from . import cancel
 from .base import StageEnum, StepResult, TaskContext, TaskDefinition
 from .common import guest_spec, host_address, is_not_found, is_unreachable
 
@@ -99,8 +100,8 @@ class ServerMigrateTask(TaskDefinition):
 
     @staticmethod
     def _check_cancel(ctx: TaskContext) -> None:
-        if ctx.task.id in cold.CANCEL_REQUESTS or ctx.task.cancel_requested:
-            cold.CANCEL_REQUESTS.discard(ctx.task.id)
+        if cancel.requested(ctx):
+            cancel.forget(ctx.task.id)
             raise Aborted("migration cancelled by the operator", reason="CANCELLED")
 
     # --- forward ---

@@ -31,6 +31,7 @@ from ..migration import live
 from ..migration.ca import ClusterCA
 from ..migration.placement import select_request
 from ..states import ServerStatus, StorageKind, TaskKind
+from . import cancel
 from .base import StageEnum, StepResult, TaskContext, TaskDefinition
 from .common import guest_spec, host_address, is_not_found
 
@@ -119,7 +120,7 @@ class ServerLiveMigrateTask(TaskDefinition):
         return live.LiveAgents.of(ctx.deps.agents)
 
     def _check_cancel(self, ctx: TaskContext) -> None:
-        if ctx.task.id in live.CANCEL_REQUESTS or ctx.task.cancel_requested:
+        if cancel.requested(ctx):
             raise Aborted("live migration cancelled", reason="CANCELLED")
 
     # --- forward ---
@@ -238,7 +239,7 @@ class ServerLiveMigrateTask(TaskDefinition):
         except Exception as exc:  # noqa: BLE001 - the guest runs on the target: done anyway
             ctx.note(f"cleaning up the source failed: {exc}")
         total_ms = int((time.time() - ctx.data.get("started_at", time.time())) * 1000)
-        live.CANCEL_REQUESTS.discard(ctx.task.id)
+        cancel.forget(ctx.task.id)
         return StepResult(next=L.DONE, data={"total_ms": total_ms})
 
     # --- rollback ---
@@ -302,7 +303,7 @@ class ServerLiveMigrateTask(TaskDefinition):
             except Exception as exc:  # noqa: BLE001 - it lapses by itself
                 if not is_not_found(exc):
                     ctx.note(f"releasing reservation {rid} failed: {exc}")
-        live.CANCEL_REQUESTS.discard(ctx.task.id)
+        cancel.forget(ctx.task.id)
         target = ctx.data.get("target_host_id")
         if ctx.data.get("switched_over") and target:
             return StepResult(next=L.FAILED, apply=_flip(
